@@ -1,0 +1,72 @@
+"""Stage 1: `AdjustTrainer`, a Trainer whose loss is the alignment loss (Eq. 1), and its config."""
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .alignment_loss import AlignmentLoss
+
+
+@dataclass
+class AdjustTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the optimiser settings of the paper's code (Cao et al.'s): Adam
+    β2=0.98, ε=1e-9, lr 5e-5, linear warm-up over 10% then constant, one epoch, 32 sentence pairs."""
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5)."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "Adam β2 (Cao et al.: 0.98)."})
+    adam_epsilon: float = field(default=1e-9, metadata={"help": "Adam ε (Cao et al.: 1e-9)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "No weight decay in the paper's code."})
+    lr_scheduler_type: str = field(
+        default="constant_with_warmup", metadata={"help": "Warm-up then constant, as the paper's code."}
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Warm-up over the first 10% of the steps."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "One pass over the aligned corpus."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Sentence pairs per step (paper: 32)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the aligned-pair columns are not model arguments."}
+    )
+    save_strategy: str = field(default="no", metadata={"help": "Only the final model is saved by default."})
+    logging_steps: float = field(default=10, metadata={"help": "Log loss, align_loss and anchor_loss this often."})
+
+
+class AdjustTrainer(Trainer):
+    """Trains an encoder on the alignment loss. `compute_loss` returns Eq. 1 and records its two
+    terms, which `log()` averages over the logging window and reports next to `loss`."""
+
+    # The loss is a per-batch mean and ignores `num_items_in_batch`: the Trainer must divide it
+    # by the accumulation steps (transformers 4.46+: model_accepts_loss_kwargs; 5.x: this flag).
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, alignment_loss: AlignmentLoss, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.alignment_loss = alignment_loss
+        self._metrics = defaultdict(list)
+        if self.args.remove_unused_columns:
+            raise ValueError("AdjustTrainer needs remove_unused_columns=False (its batches are not model inputs)")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The Trainer does not autocast f0 (it is not prepared by the accelerator); do it here.
+        with self.accelerator.autocast():
+            out = self.alignment_loss(model, inputs)
+        mode = "train" if model.training else "eval"
+        for key in ("align_loss", "anchor_loss"):
+            self._metrics[(mode, key)].append(out[key])
+        return (out["loss"], out) if return_outputs else out["loss"]
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs, *args, **kwargs):
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for (m, key), values in list(self._metrics.items()):
+            if m == mode and values:
+                value = torch.stack(values).mean()
+                logs[prefix + key] = self.accelerator.reduce(value, reduction="mean").item()
+                values.clear()
+        super().log(logs, *args, **kwargs)

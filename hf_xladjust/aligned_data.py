@@ -1,0 +1,277 @@
+"""Aligned sentence pairs: link filters, the `aligned_pairs.jsonl` file, and tensors for the loss.
+
+A sentence pair is tokenised once, when the dataset is built; each token then carries the index of
+the *slot* (word, or special token) it belongs to. The collator only pads and offsets slot indices,
+so the model side can pool subwords into words with one scatter over the whole batch.
+"""
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Links = List[Tuple[int, int]]
+
+
+@dataclass
+class AlignmentDataArguments:
+    """How a parallel corpus becomes aligned word pairs (shared by run_adjust.py and the continual mode)."""
+
+    source_lang: str = field(default="en", metadata={"help": "Language of the source side (English in the paper)."})
+    target_lang: str = field(default=None, metadata={"help": "Language of the target side (es, ru, vi, hi, ...)."})
+    aligner: str = field(
+        default="eflomal",
+        metadata={"help": "Word aligner: eflomal (default), fast_align (the paper's; extra 'fast_align'), or "
+                          "pharaoh (read --alignment_file)."},
+    )
+    alignment_file: Optional[str] = field(
+        default=None, metadata={"help": "Precomputed Pharaoh 'i-j' alignments, one line per sentence pair."}
+    )
+    symmetrization: str = field(
+        default="intersect",
+        metadata={"help": "intersect (the paper), union or grow-diag-final-and."},
+    )
+    max_sentences: Optional[int] = field(
+        default=30000, metadata={"help": "Sentence pairs sampled (with the run's seed) from the corpus; paper: 30K."}
+    )
+    max_words: Optional[int] = field(
+        default=64, metadata={"help": "Drop sentence pairs with more words on either side (paper's code: 64)."}
+    )
+    one_to_one: bool = field(default=True, metadata={"help": "Keep only 1-to-1 links (paper's code)."})
+    drop_identical: bool = field(
+        default=True, metadata={"help": "Drop links whose two words are the same string (paper's code)."}
+    )
+    drop_unlinked: bool = field(default=True, metadata={"help": "Drop sentence pairs left with no link."})
+    link_special_tokens: bool = field(
+        default=False, metadata={"help": "Also pull CLS<->CLS and SEP<->SEP together (Cao et al.'s code)."}
+    )
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Subword limit per sentence (default: the model's); words past it drop out."}
+    )
+    skip_bad_lines: bool = field(
+        default=False, metadata={"help": "Skip (and count) empty or undecodable corpus lines instead of failing."}
+    )
+
+
+@dataclass
+class AlignedPair:
+    src: List[str]
+    tgt: List[str]
+    links: Links
+
+
+def filter_links(src: Sequence[str], tgt: Sequence[str], links: Links, one_to_one=True, drop_identical=True,
+                 counts: Optional[Dict[str, int]] = None) -> Links:
+    """Apply the paper's link filters to one sentence pair; `counts` collects how many links each removes."""
+    counts = counts if counts is not None else {}
+    kept = sorted(set(links))
+    if one_to_one:
+        src_deg, tgt_deg = {}, {}
+        for i, j in kept:
+            src_deg[i] = src_deg.get(i, 0) + 1
+            tgt_deg[j] = tgt_deg.get(j, 0) + 1
+        one = [(i, j) for i, j in kept if src_deg[i] == 1 and tgt_deg[j] == 1]
+        counts["links_not_one_to_one"] = counts.get("links_not_one_to_one", 0) + len(kept) - len(one)
+        kept = one
+    if drop_identical:
+        different = [(i, j) for i, j in kept if src[i] != tgt[j]]
+        counts["links_identical_words"] = counts.get("links_identical_words", 0) + len(kept) - len(different)
+        kept = different
+    return kept
+
+
+def filter_pairs(src_sents, tgt_sents, links, args: AlignmentDataArguments) -> Tuple[List[AlignedPair], Dict]:
+    """Turn aligned sentences into the training pairs and the statistics of what each filter removed."""
+    counts = {"sentences_read": len(src_sents), "sentences_too_long": 0, "sentences_without_links": 0,
+              "links_read": sum(len(l) for l in links), "links_not_one_to_one": 0, "links_identical_words": 0}
+    pairs = []
+    for src, tgt, sent_links in zip(src_sents, tgt_sents, links):
+        if args.max_words and (len(src) > args.max_words or len(tgt) > args.max_words):
+            counts["sentences_too_long"] += 1
+            continue
+        kept = filter_links(src, tgt, sent_links, args.one_to_one, args.drop_identical, counts)
+        if not kept and args.drop_unlinked:
+            counts["sentences_without_links"] += 1
+            continue
+        pairs.append(AlignedPair(list(src), list(tgt), kept))
+    counts["sentences_kept"] = len(pairs)
+    counts["links_kept"] = sum(len(p.links) for p in pairs)
+    return pairs, counts
+
+
+def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_file=None, train_file=None,
+                        seed: int = 42, cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
+    """Read a parallel corpus, sample it, word-align it (or read --alignment_file) and filter the links."""
+    from .aligners import align_corpus
+    from .parallel import read_parallel, sample_corpus
+
+    corpus = read_parallel(source_file, target_file, train_file, skip_bad_lines=args.skip_bad_lines)
+    if args.aligner == "pharaoh":
+        # A precomputed file covers the whole corpus: read it first, then sample the same lines.
+        links = align_corpus(corpus.src, corpus.tgt, "pharaoh", alignment_file=args.alignment_file)
+        sample = sample_corpus(corpus, args.max_sentences, seed)
+        by_line = dict(zip(corpus.line_numbers, links))
+        links = [by_line[n] for n in sample.line_numbers]
+    else:
+        sample = sample_corpus(corpus, args.max_sentences, seed)
+        links = align_corpus(sample.src, sample.tgt, args.aligner, args.symmetrization, seed=seed,
+                             cache_dir=cache_dir)
+    pairs, stats = filter_pairs(sample.src, sample.tgt, links, args)
+    stats = {"lines_skipped": dict(corpus.skipped), "sentences_in_corpus": len(corpus), **stats}
+    if not pairs:
+        raise InputError("no sentence pair is left after alignment and filtering", corpus.source_path)
+    return pairs, stats
+
+
+def write_aligned_pairs(path: str, pairs: Sequence[AlignedPair]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps({"src": p.src, "tgt": p.tgt, "links": [list(l) for l in p.links]},
+                               ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_aligned_pairs(path: str) -> List[AlignedPair]:
+    """Read `aligned_pairs.jsonl` (as written by run_adjust.py), checking every link is in range."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                raise InputError("empty line", path, line_no)
+            try:
+                rec = json.loads(line)
+                src, tgt, links = rec["src"], rec["tgt"], [tuple(l) for l in rec["links"]]
+            except (ValueError, KeyError, TypeError) as e:
+                raise InputError(f"not an aligned pair record ({e})", path, line_no) from None
+            for i, j in links:
+                if not (0 <= i < len(src) and 0 <= j < len(tgt)):
+                    raise InputError(f"link {i}-{j} out of range for {len(src)} source / {len(tgt)} target words",
+                                     path, line_no)
+            pairs.append(AlignedPair(src, tgt, links))
+    if not pairs:
+        raise InputError("no aligned pairs", path)
+    return pairs
+
+
+def _tokenize_words(tokenizer, sentences, max_length):
+    """Tokenise word lists once; per sentence, yield (row in the encoding, id of a word cut in two by
+    truncation or None). The overflow rows tell which word continues past the limit."""
+    enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
+                    return_overflowing_tokens=True, stride=0)
+    mapping = enc["overflow_to_sample_mapping"]
+    rows = []
+    for row, sample in enumerate(mapping):
+        if row == 0 or mapping[row - 1] != sample:
+            rows.append((row, None))
+        elif rows[-1][1] is None and row == rows[-1][0] + 1:
+            first_cut = next((w for w in enc.word_ids(row) if w is not None), None)
+            rows[-1] = (rows[-1][0], first_cut)
+    return enc, rows
+
+
+def _slot_encode(encoding, row: int, cut_word: Optional[int], n_words: int):
+    """Token ids and, per token, its slot: word slots first (in word order), then one slot per special
+    token. A word cut by truncation gets no slot (-1), so it drops out of links and anchor.
+
+    Returns (input_ids, token_slot, slot_of_word (-1 for words without a slot))."""
+    ids = encoding["input_ids"][row]
+    word_ids = np.array([-1 if w is None else w for w in encoding.word_ids(row)], dtype=np.int64)
+    present = np.unique(word_ids[word_ids >= 0])
+    if cut_word is not None:
+        present = present[present != cut_word]
+    slot_of_word = np.full(n_words, -1, dtype=np.int64)
+    slot_of_word[present] = np.arange(len(present))
+    token_slot = np.where(word_ids >= 0, slot_of_word[np.maximum(word_ids, 0)], -1)
+    special_positions = np.flatnonzero(word_ids < 0)
+    token_slot[special_positions] = len(present) + np.arange(len(special_positions))
+    return ids, token_slot, slot_of_word
+
+
+class AlignedPairDataset(torch.utils.data.Dataset):
+    """Aligned pairs tokenised once into slot-annotated features for `AlignedPairCollator`.
+
+    Words the tokenizer truncates away drop out of the links and the anchor; nothing indexes past them."""
+
+    def __init__(self, pairs: Sequence[AlignedPair], tokenizer, max_length: Optional[int] = None,
+                 link_special_tokens: bool = False):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("aligned pairs need a fast tokenizer (word_ids() maps subwords back to words)")
+        max_length = max_length or tokenizer.model_max_length
+        self.pairs = list(pairs)
+        enc_src, rows_src = _tokenize_words(tokenizer, [p.src for p in self.pairs], max_length)
+        enc_tgt, rows_tgt = _tokenize_words(tokenizer, [p.tgt for p in self.pairs], max_length)
+        self.features, self.links_lost = [], 0
+        for pair, (s_row, s_cut), (t_row, t_cut) in zip(self.pairs, rows_src, rows_tgt):
+            s_ids, s_slot, s_map = _slot_encode(enc_src, s_row, s_cut, len(pair.src))
+            t_ids, t_slot, t_map = _slot_encode(enc_tgt, t_row, t_cut, len(pair.tgt))
+            links = np.array(pair.links, dtype=np.int64).reshape(-1, 2)
+            slot_links = np.stack([s_map[links[:, 0]], t_map[links[:, 1]]], axis=1)
+            keep = (slot_links >= 0).all(axis=1)
+            self.links_lost += int((~keep).sum())
+            slot_links = slot_links[keep]
+            if link_special_tokens:  # CLS<->CLS, SEP<->SEP: the special slots follow the word slots
+                s_special = np.arange(s_map.max() + 1, s_slot.max() + 1)
+                t_special = np.arange(t_map.max() + 1, t_slot.max() + 1)
+                if len(s_special) == len(t_special):
+                    slot_links = np.concatenate([slot_links, np.stack([s_special, t_special], axis=1)])
+            self.features.append({
+                "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max()) + 1,
+                "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max()) + 1,
+                "links": slot_links,
+            })
+        if self.links_lost:
+            logger.warning("%d links dropped: their words were truncated at max_length=%d",
+                           self.links_lost, max_length)
+
+    def __len__(self):
+        return len(self.features)
+
+    def __getitem__(self, i):
+        return self.features[i]
+
+
+def _pad(seqs, value):
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class AlignedPairCollator:
+    """Pads a list of features and turns per-sentence slots into batch-global slot indices.
+
+    Output keys: `{src,tgt}_input_ids`, `{src,tgt}_attention_mask`, `{src,tgt}_token_slot` (-1 on
+    padding and on a word cut by truncation), `{src,tgt}_num_slots` (int), `src_link_slots`/`tgt_link_slots` (one entry per link)."""
+
+    pad_token_id: int
+
+    def __call__(self, features):
+        batch = {}
+        offsets = {}
+        for side in ("src", "tgt"):
+            counts = np.array([f[f"{side}_num_slots"] for f in features], dtype=np.int64)
+            offsets[side] = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            ids = _pad([f[f"{side}_input_ids"] for f in features], self.pad_token_id)
+            slots = _pad([np.where(f[f"{side}_token_slot"] >= 0, f[f"{side}_token_slot"] + off, -1)
+                          for f, off in zip(features, offsets[side])], -1)
+            lengths = torch.tensor([len(f[f"{side}_input_ids"]) for f in features])
+            batch[f"{side}_input_ids"] = ids
+            batch[f"{side}_attention_mask"] = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+            batch[f"{side}_token_slot"] = slots
+            batch[f"{side}_num_slots"] = int(counts.sum())
+        links = [f["links"] for f in features]
+        batch["src_link_slots"] = torch.as_tensor(
+            np.concatenate([l[:, 0] + off for l, off in zip(links, offsets["src"])]), dtype=torch.long)
+        batch["tgt_link_slots"] = torch.as_tensor(
+            np.concatenate([l[:, 1] + off for l, off in zip(links, offsets["tgt"])]), dtype=torch.long)
+        return batch
+

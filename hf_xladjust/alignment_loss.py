@@ -1,0 +1,150 @@
+"""The alignment loss of Eq. 1 (Cao et al. 2020; Efimov et al.), as a small module.
+
+    L = align_weight * mean‖f(t_i) − g(s_i)‖²  +  anchor_weight * mean‖f(s_j) − f0(s_j)‖²
+
+with g = f (the paper's code, `pull_target="current"`) or g = f0 (Cao's variant, `"frozen"`). Word
+vectors pool a word's subword vectors at one layer; pooling is one scatter over the whole batch, so
+there is no per-word Python loop and no host-device synchronisation. Means are over elements
+(pairs × hidden), as `torch.nn.functional.mse_loss` in the paper's code, and are computed in fp32.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POOLINGS = ("mean", "first", "last")
+PULL_TARGETS = ("current", "frozen")
+
+
+@dataclass
+class AlignmentLossArguments:
+    """How word vectors are made and how the two terms of Eq. 1 are weighted."""
+
+    pooling: str = field(default="mean", metadata={"help": "Subwords -> word vector: mean (paper), first or last."})
+    align_layer: int = field(default=-1, metadata={"help": "Hidden-state index to align; -1 is the last layer."})
+    pull_target: str = field(
+        default="current",
+        metadata={"help": "current: pull towards the current English vector (paper's code); frozen: towards f0 "
+                          "(Cao et al.)."},
+    )
+    anchor_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the anchor term keeping English near the original model f0."}
+    )
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pull_target not in PULL_TARGETS:
+            raise ValueError(f"--pull_target must be one of {PULL_TARGETS}, got {self.pull_target!r}")
+
+
+def pool_words(hidden: torch.Tensor, token_slot: torch.Tensor, num_slots: int, pooling: str = "mean") -> torch.Tensor:
+    """Word vectors (num_slots, H) from token vectors (B, L, H); `token_slot` (B, L) maps each token to a
+    batch-global word slot, -1 for tokens to ignore (padding)."""
+    hidden_size = hidden.shape[-1]
+    flat = hidden.reshape(-1, hidden_size)
+    slots = token_slot.reshape(-1)
+    # Ignored tokens go to one extra "dump" slot that is cut off at the end: no boolean indexing, no sync.
+    slots = torch.where(slots < 0, torch.full_like(slots, num_slots), slots)
+    if pooling == "mean":
+        sums = flat.new_zeros(num_slots + 1, hidden_size).index_add_(0, slots, flat)
+        counts = torch.bincount(slots, minlength=num_slots + 1).clamp_min(1).to(flat.dtype)
+        return (sums / counts[:, None])[:num_slots]
+    positions = torch.arange(slots.numel(), device=slots.device)
+    if pooling == "first":
+        pick = torch.full((num_slots + 1,), slots.numel(), device=slots.device, dtype=positions.dtype)
+        pick = pick.scatter_reduce(0, slots, positions, reduce="amin")
+    elif pooling == "last":
+        pick = torch.full((num_slots + 1,), -1, device=slots.device, dtype=positions.dtype)
+        pick = pick.scatter_reduce(0, slots, positions, reduce="amax")
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    return flat[pick[:num_slots]]
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The bare encoder of a task model (`BertForX.base_model`), or the model itself when it is one."""
+    model = getattr(model, "module", model)  # DDP / DataParallel
+    return getattr(model, "base_model", model)
+
+
+def hidden_layer(encoder: nn.Module, input_ids, attention_mask, layer: int) -> torch.Tensor:
+    """Hidden states of one layer; -1 reads `last_hidden_state` without keeping every layer."""
+    if layer == -1:
+        return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    out = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[layer]
+
+
+def word_vectors(encoder, batch: Dict, side: str, layer: int = -1, pooling: str = "mean") -> torch.Tensor:
+    """fp32 word vectors of one side ("src" or "tgt") of a collated aligned-pair batch."""
+    hidden = hidden_layer(encoder, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], layer)
+    return pool_words(hidden.float(), batch[f"{side}_token_slot"], batch[f"{side}_num_slots"], pooling)
+
+
+def _pad_to(x: torch.Tensor, length: int, value: int = 0) -> torch.Tensor:
+    return F.pad(x, (0, length - x.shape[1]), value=value)
+
+
+def pair_word_vectors(encoder, batch: Dict, layer: int = -1, pooling: str = "mean"):
+    """fp32 word vectors of both sides from ONE encoder call on the stacked batch.
+
+    One call instead of two is faster, and under DDP it keeps a single forward per backward."""
+    length = max(batch["src_input_ids"].shape[1], batch["tgt_input_ids"].shape[1])
+    input_ids = torch.cat([_pad_to(batch["src_input_ids"], length), _pad_to(batch["tgt_input_ids"], length)])
+    mask = torch.cat([_pad_to(batch["src_attention_mask"], length), _pad_to(batch["tgt_attention_mask"], length)])
+    hidden = hidden_layer(encoder, input_ids, mask, layer).float()
+    n = batch["src_input_ids"].shape[0]
+    src_slots = _pad_to(batch["src_token_slot"], length, value=-1)
+    tgt_slots = _pad_to(batch["tgt_token_slot"], length, value=-1)
+    return (pool_words(hidden[:n], src_slots, batch["src_num_slots"], pooling),
+            pool_words(hidden[n:], tgt_slots, batch["tgt_num_slots"], pooling))
+
+
+class AlignmentLoss(nn.Module):
+    """Eq. 1 on a batch from `AlignedPairCollator`; returns `{"loss", "align_loss", "anchor_loss"}`.
+
+    `anchor_model` is f0: kept frozen and in eval mode, never registered as a submodule (so it is
+    not saved, not optimised, not wrapped by DDP). Call it under the caller's autocast; the
+    distances are taken in fp32."""
+
+    def __init__(self, anchor_model: Optional[nn.Module] = None, pooling: str = "mean", align_layer: int = -1,
+                 pull_target: str = "current", anchor_weight: float = 1.0, align_weight: float = 1.0):
+        super().__init__()
+        AlignmentLossArguments(pooling=pooling, pull_target=pull_target)  # validates the choices
+        if anchor_model is None and (anchor_weight != 0 or pull_target == "frozen"):
+            raise ValueError("the anchor term and --pull_target frozen need the original model (anchor_model)")
+        self.pooling, self.align_layer, self.pull_target = pooling, align_layer, pull_target
+        self.anchor_weight, self.align_weight = anchor_weight, align_weight
+        self._anchor = [anchor_model]  # a list hides it from nn.Module registration
+        if anchor_model is not None:
+            anchor_model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_args(cls, args: AlignmentLossArguments, anchor_model=None, align_weight: float = 1.0):
+        return cls(anchor_model, args.pooling, args.align_layer, args.pull_target, args.anchor_weight, align_weight)
+
+    @property
+    def anchor_model(self):
+        return self._anchor[0]
+
+    def _anchor_vectors(self, batch, device):
+        anchor = self.anchor_model
+        if next(anchor.parameters()).device != device:
+            anchor.to(device)
+        with torch.no_grad():
+            return word_vectors(encoder_of(anchor), batch, "src", self.align_layer, self.pooling)
+
+    def forward(self, encoder: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
+        """`encoder` maps (input_ids, attention_mask) to hidden states: a bare `AutoModel`, possibly
+        DDP-wrapped (call the wrapper, so gradients are synchronised), or `encoder_of(task_model)`."""
+        src, tgt = pair_word_vectors(encoder, batch, self.align_layer, self.pooling)
+        need_f0 = self.anchor_weight != 0 or self.pull_target == "frozen"
+        src0 = self._anchor_vectors(batch, src.device) if need_f0 else None
+        pull_to = src0 if self.pull_target == "frozen" else src
+        align = F.mse_loss(tgt[batch["tgt_link_slots"]], pull_to[batch["src_link_slots"]])
+        anchor = F.mse_loss(src, src0) if src0 is not None else src.new_zeros(())
+        loss = self.align_weight * align + self.anchor_weight * anchor
+        return {"loss": loss, "align_loss": align.detach(), "anchor_loss": anchor.detach()}

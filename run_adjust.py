@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Stage 1 of cross-lingual adjustment: parallel data -> aligned word pairs -> adjusted encoder.
+
+Shaped like the HF `examples/pytorch/*/run_*.py` scripts (parse, log, seed, data, model, train,
+save); the reusable parts live in `hf_xladjust`. Example:
+
+    python run_adjust.py --model_name_or_path bert-base-multilingual-cased \\
+        --source_file wiki.en --target_file wiki.es --source_lang en --target_lang es \\
+        --output_dir out/adjusted-es
+"""
+import copy
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import datasets
+import transformers
+from transformers import AutoModel, AutoTokenizer, HfArgumentParser, set_seed
+
+from hf_xladjust.adjust_trainer import AdjustTrainer, AdjustTrainingArguments
+from hf_xladjust.aligned_data import (
+    AlignedPairCollator,
+    AlignedPairDataset,
+    AlignmentDataArguments,
+    build_aligned_pairs,
+    write_aligned_pairs,
+)
+from hf_xladjust.alignment_loss import AlignmentLoss, AlignmentLossArguments
+from hf_xladjust.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Hub name or local folder of the encoder to adjust."})
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+
+
+@dataclass
+class ParallelFileArguments:
+    source_file: Optional[str] = field(default=None, metadata={"help": "Source-language side, one sentence a line."})
+    target_file: Optional[str] = field(default=None, metadata={"help": "Target-language side, line-aligned."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "One file of 'source ||| target' lines."})
+
+    def __post_init__(self):
+        if bool(self.train_file) == bool(self.source_file or self.target_file):
+            raise ValueError("give either --train_file or both --source_file and --target_file")
+        if not self.train_file and not (self.source_file and self.target_file):
+            raise ValueError("--source_file and --target_file go together")
+
+
+def main():
+    parser = HfArgumentParser(
+        (ModelArguments, ParallelFileArguments, AlignmentDataArguments, AlignmentLossArguments,
+         AdjustTrainingArguments)
+    )
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, file_args, data_args, loss_args, training_args = parser.parse_json_file(sys.argv[1])
+    else:
+        model_args, file_args, data_args, loss_args, training_args = parser.parse_args_into_dataclasses()
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logging.getLogger("hf_xladjust").setLevel(log_level)
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    set_seed(training_args.seed)
+
+    # Parallel data -> aligned word pairs. Everything is read and checked before anything is written.
+    with training_args.main_process_first(desc="word alignment"):
+        pairs, stats = build_aligned_pairs(
+            data_args, file_args.source_file, file_args.target_file, file_args.train_file,
+            seed=training_args.seed, cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
+        )
+    logger.info("Aligned pairs: %s", json.dumps(stats))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
+                                              cache_dir=model_args.cache_dir, use_fast=True)
+    model = AutoModel.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    original = copy.deepcopy(model)  # f0: frozen, never saved
+
+    max_length = min(data_args.max_seq_length or tokenizer.model_max_length,
+                     getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
+    train_dataset = AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
+    stats["links_truncated"] = train_dataset.links_lost
+
+    trainer = AdjustTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=AlignedPairCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        alignment_loss=AlignmentLoss.from_args(loss_args, anchor_model=original),
+    )
+
+    if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        write_aligned_pairs(os.path.join(training_args.output_dir, "aligned_pairs.jsonl"), pairs)
+        with open(os.path.join(training_args.output_dir, "alignment_stats.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()  # the adjusted encoder + tokenizer, loadable with AutoModel / AutoModelFor...
+    metrics = train_result.metrics
+    metrics["train_samples"] = len(train_dataset)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        run_args = {"model": asdict(model_args), "files": asdict(file_args), "alignment": asdict(data_args),
+                    "loss": asdict(loss_args), "training": training_args.to_dict()}
+        with open(os.path.join(training_args.output_dir, "run_args.json"), "w") as f:
+            json.dump(run_args, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as err:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
