@@ -88,7 +88,7 @@ def main():
     model = AutoModel.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     original = copy.deepcopy(model)  # f0: frozen, never saved
 
-    max_length = min(data_args.max_seq_length or tokenizer.model_max_length,
+    max_length = min(data_args.align_max_length or tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
     train_dataset = AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
     stats["links_truncated"] = train_dataset.links_lost

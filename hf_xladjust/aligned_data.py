@@ -52,7 +52,7 @@ class AlignmentDataArguments:
     link_special_tokens: bool = field(
         default=False, metadata={"help": "Also pull CLS<->CLS and SEP<->SEP together (Cao et al.'s code)."}
     )
-    max_seq_length: Optional[int] = field(
+    align_max_length: Optional[int] = field(
         default=None, metadata={"help": "Subword limit per sentence (default: the model's); words past it drop out."}
     )
     skip_bad_lines: bool = field(
