@@ -49,3 +49,21 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+def independent_pull_mse(model, tokenizer, pairs):
+    """The pull term of Eq. 1 computed plainly, one sentence at a time: mean of each linked word's
+    subword vectors (last layer), squared differences averaged over pairs and hidden dimensions."""
+    import torch
+
+    diffs = []
+    for p in pairs:
+        vecs = []
+        for words in (p.src, p.tgt):
+            enc = tokenizer(words, is_split_into_words=True, return_tensors="pt")
+            with torch.no_grad():
+                h = model(**enc).last_hidden_state[0]
+            ids = enc.word_ids()
+            vecs.append({k: h[[i for i, w in enumerate(ids) if w == k]].mean(0) for k in set(ids) - {None}})
+        diffs += [vecs[1][j] - vecs[0][i] for i, j in p.links]
+    return torch.stack(diffs).pow(2).mean().item()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import fixture_lines
+from conftest import fixture_lines, independent_pull_mse
 from hf_xladjust.aligned_data import AlignedPair, AlignedPairCollator, AlignedPairDataset
 from hf_xladjust.alignment_loss import AlignmentLoss, pool_words
 
@@ -69,28 +69,13 @@ def test_slots_follow_word_ids_and_truncation_drops_cut_words(tiny):
     assert len(feat["links"]) == len(complete) and ds.links_lost == len(words) - len(complete)
 
 
-def _independent_mse(model, tok, pairs):
-    """The pull term computed plainly: per sentence, mean-pool each linked word's subwords."""
-    diffs = []
-    for p in pairs:
-        vecs = []
-        for words in (p.src, p.tgt):
-            enc = tok(words, is_split_into_words=True, return_tensors="pt")
-            with torch.no_grad():
-                h = model(**enc).last_hidden_state[0]
-            ids = enc.word_ids()
-            vecs.append({k: h[[i for i, w in enumerate(ids) if w == k]].mean(0) for k in set(ids) - {None}})
-        diffs += [vecs[1][j] - vecs[0][i] for i, j in p.links]
-    return torch.stack(diffs).pow(2).mean().item()
-
-
 def test_loss_matches_independent_computation(tiny):
     tok, model = tiny
     en, es = [l.split() for l in fixture_lines("en")], [l.split() for l in fixture_lines("es")]
     pairs = [AlignedPair(s, t, [(0, 0), (1, 1), (len(s) - 1, len(t) - 1)]) for s, t in zip(en, es)]
     batch = AlignedPairCollator(tok.pad_token_id)([f for f in AlignedPairDataset(pairs, tok)])
     out = AlignmentLoss(copy.deepcopy(model))(model, batch)  # f0 = a copy: the constructor freezes it
-    assert out["align_loss"].item() == pytest.approx(_independent_mse(model, tok, pairs), rel=1e-5)
+    assert out["align_loss"].item() == pytest.approx(independent_pull_mse(model, tok, pairs), rel=1e-5)
     assert out["anchor_loss"].item() == pytest.approx(0.0, abs=1e-10)
     assert out["loss"].item() == pytest.approx(out["align_loss"].item(), rel=1e-6)
 

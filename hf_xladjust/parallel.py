@@ -1,0 +1,203 @@
+"""Parallel corpora: two line-aligned files, or one file of ``src ||| tgt`` lines (fast_align's format).
+
+A sentence is the whitespace split of its line (``str.split()``): the same words the aligner sees,
+since the aligners are fed these words joined by single spaces. Files are read as bytes and decoded
+line by line, so that an undecodable byte is reported with its line number.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SEPARATOR = "|||"
+
+# Reasons a line can be skipped with ``skip_bad_lines=True`` (keys of ``ParallelCorpus.skipped``).
+EMPTY_SIDE = "empty_side"
+MALFORMED = "malformed_separator"
+UNDECODABLE = "undecodable"
+
+
+@dataclass
+class ParallelCorpus:
+    """Sentence pairs as word lists, with the 1-based line each pair comes from."""
+
+    src: List[List[str]]
+    tgt: List[List[str]]
+    line_numbers: List[int]
+    source_path: str
+    target_path: str
+    skipped: Dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not len(self.src) == len(self.tgt) == len(self.line_numbers):
+            raise ValueError(f"src, tgt and line_numbers differ in length: "
+                             f"{len(self.src)}, {len(self.tgt)}, {len(self.line_numbers)}")
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def subset(self, indices: Iterable[int]) -> "ParallelCorpus":
+        """The pairs at ``indices`` (positions in this corpus), in the order given."""
+        indices = list(indices)
+        return ParallelCorpus(src=[self.src[i] for i in indices], tgt=[self.tgt[i] for i in indices],
+                              line_numbers=[self.line_numbers[i] for i in indices],
+                              source_path=self.source_path, target_path=self.target_path,
+                              skipped=dict(self.skipped))
+
+
+def read_lines(path: str) -> List[bytes]:
+    """The lines of a file as bytes, without the trailing ``\\n`` or ``\\r\\n``.
+
+    A final line without a newline counts; the empty piece after a final newline does not.
+    """
+    data = Path(path).read_bytes()
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def decode_line(raw: bytes, path: str, line_no: int, encoding: str = "utf-8") -> str:
+    """Decode one line; an undecodable byte raises InputError naming the file and line."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise InputError(f"cannot decode the line as {encoding}: byte {raw[e.start:e.start + 1]!r} "
+                         f"at byte {e.start + 1} of the line ({e.reason})", path, line_no) from None
+    if line_no == 1 and text.startswith("\ufeff"):  # a byte-order mark is not part of the first word
+        text = text[1:]
+    return text
+
+
+def _check_encoding(encoding: str) -> None:
+    if "\n".encode(encoding) != b"\n":
+        raise ValueError(f"encoding {encoding!r} is not ASCII-compatible; lines are split on the newline byte")
+
+
+def read_parallel(source_file: Optional[str] = None, target_file: Optional[str] = None,
+                  train_file: Optional[str] = None, *, skip_bad_lines: bool = False,
+                  encoding: str = "utf-8") -> ParallelCorpus:
+    """Read a parallel corpus from ``source_file`` + ``target_file`` (line-aligned) or ``train_file``
+    (``src ||| tgt`` lines).
+
+    Bad lines (an empty side, a ``|||`` line without exactly one separator, undecodable bytes) raise
+    :class:`InputError` naming the file and line, or with ``skip_bad_lines=True`` are dropped (both
+    sides) and counted in ``skipped``. Two files with different line counts always raise: that is
+    a misalignment, and skipping lines could never repair it.
+    """
+    _check_encoding(encoding)
+    if train_file is not None:
+        if source_file is not None or target_file is not None:
+            raise ValueError("give either source_file and target_file, or train_file, not both")
+        pairs = _read_joint(str(train_file), encoding)
+        source_path = target_path = str(train_file)
+    elif source_file is not None and target_file is not None:
+        source_path, target_path = str(source_file), str(target_file)
+        pairs = _read_two_files(source_path, target_path, encoding)
+    else:
+        raise ValueError("give source_file and target_file (line-aligned), or train_file (src ||| tgt lines)")
+
+    src, tgt, line_numbers = [], [], []
+    skipped: Counter = Counter()
+    examples: Dict[str, str] = {}
+    for line_no, s, t, error in pairs:
+        if error is not None:
+            reason, exc = error
+            if not skip_bad_lines:
+                raise exc
+            skipped[reason] += 1
+            examples.setdefault(reason, str(exc))
+            continue
+        src.append(s)
+        tgt.append(t)
+        line_numbers.append(line_no)
+    if skipped:
+        logger.warning("skipped %d bad line(s) of %s: %s (first: %s)", sum(skipped.values()),
+                       source_path if source_path == target_path else f"{source_path} / {target_path}",
+                       dict(skipped), "; ".join(examples.values()))
+    if not src:
+        detail = f" ({sum(skipped.values())} bad line(s) skipped)" if skipped else ""
+        other = "" if source_path == target_path else f" (target file {target_path})"
+        raise InputError(f"no sentence pairs{detail}{other}", source_path)
+    logger.info("read %d sentence pairs from %s", len(src),
+                source_path if source_path == target_path else f"{source_path} and {target_path}")
+    return ParallelCorpus(src, tgt, line_numbers, source_path, target_path, dict(skipped))
+
+
+_Pair = Tuple[int, Optional[List[str]], Optional[List[str]], Optional[Tuple[str, InputError]]]
+
+
+def _read_two_files(source_path: str, target_path: str, encoding: str) -> List[_Pair]:
+    src_lines, tgt_lines = read_lines(source_path), read_lines(target_path)
+    if len(src_lines) != len(tgt_lines):
+        longer, shorter = ((source_path, target_path) if len(src_lines) > len(tgt_lines)
+                           else (target_path, source_path))
+        n = min(len(src_lines), len(tgt_lines))
+        raise InputError(f"the files are not line-aligned: {source_path} has {len(src_lines)} lines but "
+                         f"{target_path} has {len(tgt_lines)}; {shorter} ends after line {n}, "
+                         f"so line {n + 1} of {longer} has no counterpart", longer, n + 1)
+    pairs: List[_Pair] = []
+    for line_no, (raw_s, raw_t) in enumerate(zip(src_lines, tgt_lines), start=1):
+        try:
+            s = decode_line(raw_s, source_path, line_no, encoding).split()
+            t = decode_line(raw_t, target_path, line_no, encoding).split()
+        except InputError as e:
+            pairs.append((line_no, None, None, (UNDECODABLE, e)))
+            continue
+        if not s or not t:
+            path = source_path if not s else target_path
+            side = "source" if not s else "target"
+            pairs.append((line_no, None, None,
+                          (EMPTY_SIDE, InputError(f"empty {side} sentence", path, line_no))))
+            continue
+        pairs.append((line_no, s, t, None))
+    return pairs
+
+
+def _read_joint(path: str, encoding: str) -> List[_Pair]:
+    pairs: List[_Pair] = []
+    for line_no, raw in enumerate(read_lines(path), start=1):
+        try:
+            words = decode_line(raw, path, line_no, encoding).split()
+        except InputError as e:
+            pairs.append((line_no, None, None, (UNDECODABLE, e)))
+            continue
+        n_sep = words.count(SEPARATOR)
+        if n_sep != 1:
+            pairs.append((line_no, None, None, (MALFORMED, InputError(
+                f"expected exactly one ' {SEPARATOR} ' separator between source and target, found {n_sep}",
+                path, line_no))))
+            continue
+        k = words.index(SEPARATOR)
+        s, t = words[:k], words[k + 1:]
+        if not s or not t:
+            side = "source" if not s else "target"
+            pairs.append((line_no, None, None,
+                          (EMPTY_SIDE, InputError(f"empty {side} side of the ' {SEPARATOR} ' line", path, line_no))))
+            continue
+        pairs.append((line_no, s, t, None))
+    return pairs
+
+
+def sample_corpus(corpus: ParallelCorpus, max_sentences: Optional[int], seed: int) -> ParallelCorpus:
+    """``max_sentences`` pairs drawn with ``random.Random(seed).sample`` and kept in file order.
+
+    Returns ``corpus`` itself when ``max_sentences`` is None or not smaller than the corpus.
+    """
+    if max_sentences is None or max_sentences >= len(corpus):
+        return corpus
+    if max_sentences <= 0:
+        raise ValueError(f"max_sentences must be positive, got {max_sentences}")
+    indices = sorted(random.Random(seed).sample(range(len(corpus)), max_sentences))
+    logger.info("sampled %d of %d sentence pairs (seed %d)", max_sentences, len(corpus), seed)
+    return corpus.subset(indices)

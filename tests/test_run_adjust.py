@@ -1,0 +1,142 @@
+"""run_adjust.py end to end: its outputs, the logged loss against an independent computation, and
+clear failures on bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from conftest import FIXTURES, build_tiny_model, fixture_lines, independent_pull_mse
+from hf_xladjust.aligned_data import read_aligned_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "aligned_pairs.jsonl",
+                "alignment_stats.json", "trainer_state.json", "run_args.json")
+
+
+def run_adjust(*args, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, str(ROOT / "run_adjust.py"), *map(str, args),
+                           "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-nodrop"))
+    config = AutoConfig.from_pretrained(path)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(path)
+    return path
+
+
+def diagonal_pharaoh(path, lang_a="en", lang_b="es"):
+    lines = [" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split()))))
+             for a, b in zip(fixture_lines(lang_a), fixture_lines(lang_b))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_logged_align_loss_equals_independent_mse(tmp_path, no_dropout_model):
+    out = tmp_path / "out"
+    run_adjust("--model_name_or_path", no_dropout_model, "--source_file", FIXTURES / "en.txt",
+               "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
+               "--alignment_file", diagonal_pharaoh(tmp_path / "al.txt"), "--output_dir", out,
+               "--learning_rate", "0", "--per_device_train_batch_size", "32", "--logging_steps", "1")
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    pairs = read_aligned_pairs(str(out / "aligned_pairs.jsonl"))
+    assert len(pairs) == 12 and all(i == j for p in pairs for i, j in p.links)
+    logged = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "align_loss" in h]
+    assert len(logged) == 1 and "loss" in logged[0]
+    model = AutoModel.from_pretrained(out).eval()
+    expected = independent_pull_mse(model, AutoTokenizer.from_pretrained(out), pairs)
+    assert logged[0]["align_loss"] == pytest.approx(expected, rel=1e-4)
+    assert logged[0]["anchor_loss"] == pytest.approx(0.0, abs=1e-9)
+    stats = json.loads((out / "alignment_stats.json").read_text())
+    assert stats["sentences_kept"] == 12 and stats["links_kept"] == sum(len(p.links) for p in pairs)
+    assert stats["links_identical_words"] > 0  # e.g. "el"/"el" never; but "la"... checked by filters
+
+
+def test_eflomal_run_trains_and_saves_a_loadable_encoder(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    run_adjust("--model_name_or_path", tiny_model_dir, "--train_file", joined_corpus(tmp_path, "ru"),
+               "--target_lang", "ru", "--output_dir", out, "--per_device_train_batch_size", "4",
+               "--learning_rate", "1e-3", "--logging_steps", "1", "--seed", "3")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "align_loss" in h]
+    assert len(steps) >= 2 and all(h["anchor_loss"] >= 0 for h in steps)
+    assert steps[-1]["anchor_loss"] > 0  # the model moved away from f0
+    assert (out / "alignment_cache").is_dir() and any((out / "alignment_cache").iterdir())
+    before = AutoModel.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModel.from_pretrained(out).state_dict()
+    assert before.keys() == after.keys()
+    assert any((before[k] != after[k]).any() for k in before)
+
+
+def joined_corpus(tmp_path, lang):
+    path = tmp_path / f"en-{lang}.txt"
+    path.write_text("".join(f"{a} ||| {b}\n" for a, b in zip(fixture_lines("en"), fixture_lines(lang))),
+                    encoding="utf-8")
+    return path
+
+
+def assert_clean_failure(proc, out, *fragments):
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in message, proc.stderr[-2000:]
+    assert not (out / "config.json").exists() and not (out / "aligned_pairs.jsonl").exists()
+
+
+def test_unequal_parallel_files_fail_naming_the_files(tmp_path, tiny_model_dir):
+    short = tmp_path / "short.es"
+    short.write_text("\n".join(fixture_lines("es")[:10]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    proc = run_adjust("--model_name_or_path", tiny_model_dir, "--source_file", FIXTURES / "en.txt",
+                      "--target_file", short, "--target_lang", "es", "--output_dir", out, check=False)
+    assert_clean_failure(proc, out, "short.es", "11")
+
+
+def test_out_of_range_pharaoh_index_fails_with_line(tmp_path, tiny_model_dir):
+    al = diagonal_pharaoh(tmp_path / "al.txt")
+    lines = al.read_text().splitlines()
+    lines[4] += " 0-99"
+    al.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    proc = run_adjust("--model_name_or_path", tiny_model_dir, "--source_file", FIXTURES / "en.txt",
+                      "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
+                      "--alignment_file", al, "--output_dir", out, check=False)
+    assert_clean_failure(proc, out, "al.txt:5", "99")
+
+
+def test_empty_corpus_fails(tmp_path, tiny_model_dir):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    out = tmp_path / "out"
+    proc = run_adjust("--model_name_or_path", tiny_model_dir, "--train_file", empty, "--target_lang", "es",
+                      "--output_dir", out, check=False)
+    assert_clean_failure(proc, out, "empty.txt")
+
+
+@pytest.mark.slow
+def test_real_en_ru_corpus(tmp_path, tiny_model_dir, shared_data):
+    """Acceptance: 500 sentences of real en-ru parallel data through the default aligner."""
+    folder = shared_data / "parallel" / "flores101_devtest"
+    out = tmp_path / "out"
+    run_adjust("--model_name_or_path", tiny_model_dir, "--source_file", folder / "eng.devtest",
+               "--target_file", folder / "rus.devtest", "--target_lang", "ru", "--max_sentences", "500",
+               "--output_dir", out, "--per_device_train_batch_size", "32", "--align_max_length", "64")
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    stats = json.loads((out / "alignment_stats.json").read_text())
+    assert stats["sentences_read"] == 500 and stats["sentences_kept"] > 300 and stats["links_kept"] > 2000
+    assert len(read_aligned_pairs(str(out / "aligned_pairs.jsonl"))) == stats["sentences_kept"]
+    AutoModel.from_pretrained(out)
