@@ -62,7 +62,6 @@ def test_logged_align_loss_equals_independent_mse(tmp_path, no_dropout_model):
     assert logged[0]["anchor_loss"] == pytest.approx(0.0, abs=1e-9)
     stats = json.loads((out / "alignment_stats.json").read_text())
     assert stats["sentences_kept"] == 12 and stats["links_kept"] == sum(len(p.links) for p in pairs)
-    assert stats["links_identical_words"] > 0  # e.g. "el"/"el" never; but "la"... checked by filters
 
 
 def test_eflomal_run_trains_and_saves_a_loadable_encoder(tmp_path, tiny_model_dir):
