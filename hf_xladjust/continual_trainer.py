@@ -1,0 +1,297 @@
+"""Stage 2 option: continual alignment while fine-tuning (Eq. 2), as a Trainer subclass.
+
+    L = L_target + align_weight * L_pull + anchor_weight * L_anchor
+
+Each optimisation step adds ONE side batch of `align_batch_size` aligned sentence pairs, drawn with
+replacement from the aligned pool, through the encoder of the model being trained (the DDP-wrapped
+one's `.module`), in the same backward as the task loss. The anchor term is not scaled by α, as in
+the paper's code (`align_wght 0.01`, `base_diff_wght 1`), and f0 is the original model.
+
+Gradient accumulation. The side loss is added on the first micro-step of each optimisation step,
+multiplied by the factor the Trainer will divide that micro-step's loss by (1 when the task loss is
+normalised by `num_items_in_batch`, the number of accumulated micro-batches otherwise), so it counts
+exactly once per update. Many task heads (BERT's and XLM-R's classification/QA heads among them)
+declare `**kwargs` but ignore `num_items_in_batch`; the Trainer then skips its division and the task
+gradient grows with the accumulation steps (and, under `average_tokens_across_devices`, with the
+number of processes; transformers#47688). On the first training step this trainer checks, without
+gradients and in eval mode, whether the task loss really honours `num_items_in_batch`, and if it does
+not, treats it as the per-batch mean it is.
+
+Distributed training. The side batch goes through `model.module.base_model`, i.e. not through the
+DDP wrapper's forward. That is enough: the reducer's hooks sit on each parameter's gradient
+accumulator and fire once per backward with the summed gradient of every path (the task forward
+through the wrapper prepared the reducer for this backward), so the side gradients are all-reduced
+with the rest. With `find_unused_parameters=True` this also holds, because the side path only uses
+the task model's own encoder, which the task forward used too. tests/test_continual_trainer.py checks,
+on two gloo ranks with both settings, that the DDP gradient is the mean of the ranks' task + side
+gradients and that the parameters stay identical.
+
+Side batches. The indices of step `s` on rank `r` come from `numpy.random.default_rng([seed, r, s])`:
+every rank draws its own batches, and a resumed run continues the same stream with nothing saved.
+"""
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
+
+from .aligned_data import (
+    AlignedPairCollator,
+    AlignedPairDataset,
+    AlignmentDataArguments,
+    build_aligned_pairs,
+    read_aligned_pairs,
+)
+from .alignment_loss import AlignmentLoss, AlignmentLossArguments, encoder_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ContinualAlignArguments:
+    """Continual alignment during fine-tuning (DESIGN 1.3); parsed by every run_*_xl.py. Aligner and
+    link options come from `AlignmentDataArguments`, pooling/layer/anchor weight from
+    `AlignmentLossArguments`."""
+
+    align_train_file: Optional[str] = field(
+        default=None, metadata={"help": "Parallel corpus for continual alignment: one 'en ||| xx' pair a line."}
+    )
+    align_source_file: Optional[str] = field(
+        default=None, metadata={"help": "Or: the source (English) side, one sentence a line."}
+    )
+    align_target_file: Optional[str] = field(
+        default=None, metadata={"help": "Target side, line-aligned with --align_source_file."}
+    )
+    aligned_pairs: Optional[str] = field(
+        default=None, metadata={"help": "Or: aligned_pairs.jsonl as written by run_adjust.py (no re-alignment)."}
+    )
+    align_weight: float = field(
+        default=0.01, metadata={"help": "α, the weight of the pull term (paper: 0.01, tuned on XNLI dev)."}
+    )
+    align_batch_size: int = field(
+        default=16,
+        metadata={"help": "Sentence pairs in the side batch of each optimisation step, drawn with replacement "
+                          "(paper's code: 16)."},
+    )
+    anchor_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "f0 for the anchor term. Default: the original model; when --model_name_or_path is "
+                          "a run_adjust.py output, the model that run started from (its run_args.json)."},
+    )
+
+    def __post_init__(self):
+        files = bool(self.align_source_file) + bool(self.align_target_file)
+        if files == 1:
+            raise ValueError("--align_source_file and --align_target_file go together")
+        if sum([bool(self.align_train_file), files == 2, bool(self.aligned_pairs)]) > 1:
+            raise ValueError("give one of --align_train_file, --align_source_file/--align_target_file, "
+                             "--aligned_pairs")
+        if self.align_batch_size < 1:
+            raise ValueError("--align_batch_size must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any aligned data was given (continual alignment is on)."""
+        return bool(self.align_train_file or self.align_source_file or self.aligned_pairs)
+
+
+def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments, tokenizer,
+                       seed: int, cache_dir: Optional[str] = None,
+                       max_length: Optional[int] = None) -> AlignedPairDataset:
+    """The side pool: `--aligned_pairs` as is (sampled down to `max_sentences` if larger), or a
+    parallel corpus aligned and filtered as in run_adjust.py."""
+    if not cont_args.enabled:
+        raise ValueError("no aligned data given (--align_train_file, --align_source_file/--align_target_file "
+                         "or --aligned_pairs)")
+    if cont_args.aligned_pairs:
+        pairs = read_aligned_pairs(cont_args.aligned_pairs)
+        if data_args.max_sentences and len(pairs) > data_args.max_sentences:
+            keep = np.sort(np.random.default_rng(seed).choice(len(pairs), data_args.max_sentences, replace=False))
+            pairs = [pairs[i] for i in keep]
+        logger.info("Continual alignment: %d aligned sentence pairs from %s", len(pairs), cont_args.aligned_pairs)
+    else:
+        pairs, stats = build_aligned_pairs(data_args, cont_args.align_source_file, cont_args.align_target_file,
+                                           cont_args.align_train_file, seed=seed, cache_dir=cache_dir)
+        logger.info("Continual alignment: aligned pairs %s", json.dumps(stats))
+    max_length = max_length or data_args.align_max_length or tokenizer.model_max_length
+    if data_args.align_max_length:
+        max_length = min(max_length, data_args.align_max_length)
+    return AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
+
+
+def load_anchor_model(path: str, device=None, **kwargs) -> PreTrainedModel:
+    """f0: the bare encoder at `path` (`AutoModel`), in eval mode, without gradients."""
+    model = AutoModel.from_pretrained(path, **kwargs)
+    model.eval().requires_grad_(False)
+    return model.to(device) if device is not None else model
+
+
+def resolve_anchor_path(cont_args: ContinualAlignArguments, model_name_or_path: str) -> str:
+    """f0 is the ORIGINAL model (DESIGN 1.3): `--anchor_model_name_or_path` if given; otherwise, when the
+    model is a run_adjust.py output, the model that adjustment started from (followed back through
+    run_args.json); otherwise the model itself."""
+    if cont_args.anchor_model_name_or_path:
+        return cont_args.anchor_model_name_or_path
+    path, seen = model_name_or_path, set()
+    while os.path.isfile(os.path.join(path, "run_args.json")) and path not in seen:
+        seen.add(path)
+        with open(os.path.join(path, "run_args.json"), encoding="utf-8") as f:
+            origin = (json.load(f).get("model") or {}).get("model_name_or_path")
+        if not origin:
+            break
+        logger.info("Anchor model f0: %s was adjusted from %s", path, origin)
+        path = origin
+    return path
+
+
+def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments,
+                     loss_args: AlignmentLossArguments, tokenizer, model_name_or_path: str, seed: int,
+                     cache_dir: Optional[str] = None, max_length: Optional[int] = None, **model_kwargs) -> Dict:
+    """Keyword arguments for `ContinualAlignTrainer` from the parsed arguments of a run_*_xl.py script
+    (empty when continual alignment is off), so the script reads `ContinualAlignTrainer(..., **kw)`."""
+    if not cont_args.enabled:
+        return {}
+    if max_length is None:  # as run_adjust.py: the tokenizer's limit, capped by the model's positions
+        positions = getattr(AutoConfig.from_pretrained(model_name_or_path, **model_kwargs),
+                            "max_position_embeddings", None)
+        max_length = min(data_args.align_max_length or tokenizer.model_max_length, positions or int(1e9))
+    dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, cache_dir, max_length)
+    needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
+    anchor = load_anchor_model(resolve_anchor_path(cont_args, model_name_or_path), **model_kwargs) if needs_f0 \
+        else None
+    loss = AlignmentLoss.from_args(loss_args, anchor_model=anchor, align_weight=cont_args.align_weight)
+    return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size}
+
+
+class ContinualAlignTrainer(Trainer):
+    """A `Trainer` whose training loss adds, once per optimisation step, the alignment loss of a side
+    batch of aligned pairs (Eq. 2). `align_loss` and `anchor_loss` (unweighted, averaged over the
+    logging window and the processes) are logged next to `loss`, which is the whole objective.
+    Evaluation and prediction use the plain task loss. Without `align_dataset`, or with both weights 0,
+    no side batch is computed and it is the plain `Trainer` (except for the task-loss scaling fix
+    under gradient accumulation or several processes, see the module docstring). The side data never
+    goes through the main dataloader, so `remove_unused_columns` only ever sees the task columns."""
+
+    # Check once whether the task loss honours `num_items_in_batch` before trusting the Trainer's
+    # signature-based guess (see the module docstring). Set False to keep the Trainer's guess.
+    check_task_loss_scaling = True
+
+    def __init__(self, *args, align_dataset: Optional[AlignedPairDataset] = None,
+                 alignment_loss: Optional[AlignmentLoss] = None, align_batch_size: int = 16, **kwargs):
+        super().__init__(*args, **kwargs)
+        if align_dataset is not None and alignment_loss is None:
+            raise ValueError("align_dataset needs an alignment_loss (AlignmentLoss with the f0 anchor model)")
+        if align_dataset is not None and len(align_dataset) == 0:
+            raise ValueError("align_dataset is empty")
+        if align_batch_size < 1:
+            raise ValueError("align_batch_size must be positive")
+        self.align_dataset, self.alignment_loss = align_dataset, alignment_loss
+        self.align_batch_size = align_batch_size
+        self.align_enabled = (align_dataset is not None and alignment_loss is not None
+                              and (alignment_loss.align_weight != 0 or alignment_loss.anchor_weight != 0))
+        if alignment_loss is not None and align_dataset is None:
+            logger.warning("alignment_loss given without align_dataset: training on the task loss only")
+        pad_id = getattr(self.processing_class, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(self.model.config, "pad_token_id", None)
+        self.align_collator = AlignedPairCollator(pad_id if pad_id is not None else 0)
+        if self.align_enabled and alignment_loss.anchor_model is not None:
+            alignment_loss.anchor_model.to(self.args.device)
+        self._side_done = (None, None)  # (TrainerState, global_step) whose side batch has been added
+        self._task_scaling_checked = not self.check_task_loss_scaling
+        self._metrics = defaultdict(list)
+
+    # ---- side batches ----
+    def _side_indices(self, step: int) -> List[int]:
+        """Pool indices of the side batch of optimisation step `step` on this process: with
+        replacement, from a generator seeded by (seed, rank, step)."""
+        rng = np.random.default_rng([self.args.seed, self.args.process_index, step])
+        return rng.integers(0, len(self.align_dataset), size=self.align_batch_size).tolist()
+
+    def _side_batch(self, step: int) -> Dict:
+        batch = self.align_collator([self.align_dataset[i] for i in self._side_indices(step)])
+        return self._prepare_inputs(batch)
+
+    def _side_loss(self, model) -> Dict[str, torch.Tensor]:
+        batch = self._side_batch(self.state.global_step)
+        # f0 is not prepared by the accelerator, and the bare encoder's forward is not wrapped either.
+        with self.accelerator.autocast():
+            return self.alignment_loss(encoder_of(model), batch)
+
+    # ---- gradient-accumulation bookkeeping ----
+    def _loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
+        """What `Trainer.training_step` decides (transformers 4.48+ and 5.x): True when the loss it gets is
+        already normalised over the accumulated batch, so it does not divide by the accumulation steps."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is not None:
+            return scaled
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or getattr(self, "compute_loss_func", None) is not None)
+
+    def _check_task_loss_scaling(self, model, inputs, num_items_in_batch):
+        """If the Trainer would pass `num_items_in_batch` and skip its own division, make sure the task
+        loss really is normalised by it: evaluate it (no grad, eval mode) with n and 2n items."""
+        self._task_scaling_checked = True
+        if (num_items_in_batch is None or not self.model_accepts_loss_kwargs
+                or getattr(self, "compute_loss_func", None) is not None
+                or getattr(self, "loss_is_scaled_for_ga", None) is not None):
+            return
+        if self.args.gradient_accumulation_steps == 1 and self.args.world_size == 1:
+            return  # nothing is scaled: the Trainer divides by 1 either way
+        unwrapped = self.accelerator.unwrap_model(model)
+        n = num_items_in_batch if torch.is_tensor(num_items_in_batch) \
+            else torch.tensor(float(num_items_in_batch), device=self.args.device)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with torch.no_grad():
+                l1 = Trainer.compute_loss(self, unwrapped, dict(inputs), num_items_in_batch=n).float()
+                l2 = Trainer.compute_loss(self, unwrapped, dict(inputs), num_items_in_batch=2 * n).float()
+        finally:
+            unwrapped.train(was_training)
+        tol = 1e-3 * l1.abs().clamp_min(1e-12)
+        if (l1 - l2).abs() <= tol and l1.abs() > 0:
+            logger.warning("%s declares **kwargs but its loss ignores num_items_in_batch: treating it as a per-batch "
+                           "mean, divided by the gradient accumulation steps (transformers#47688)",
+                           type(unwrapped).__name__)
+            self.model_accepts_loss_kwargs = False
+            self.loss_is_scaled_for_ga = False
+        elif not (l1 - 2 * l2).abs() <= tol:
+            logger.warning("could not tell whether the task loss honours num_items_in_batch; keeping the "
+                           "Trainer's choice")
+
+    # ---- the loss ----
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and not self._task_scaling_checked:
+            self._check_task_loss_scaling(model, inputs, num_items_in_batch)
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                   num_items_in_batch=num_items_in_batch)
+        # The first micro-step of each optimisation step adds the side batch's loss, once. (The state
+        # object is part of the key: a second train() starts a new one, from global_step 0.)
+        done_state, done_step = self._side_done
+        if not (self.align_enabled and model.training
+                and not (done_state is self.state and done_step == self.state.global_step)):
+            return out
+        self._side_done = (self.state, self.state.global_step)
+        task_loss, outputs = out if return_outputs else (out, None)
+        side = self._side_loss(model)
+        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else ga
+        loss = task_loss.float() + side["loss"] * scale
+        for key in ("align_loss", "anchor_loss"):
+            self._metrics[key].append(side[key])
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if not any(k.startswith("eval_") or k.startswith("test_") for k in logs):
+            for key, values in self._metrics.items():
+                if values:
+                    value = torch.stack(values).mean()
+                    logs[key] = self.accelerator.reduce(value, reduction="mean").item()
+                    values.clear()
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,361 @@
+#!/usr/bin/env python
+"""Fine-tune a multilingual encoder on English NLI and evaluate it zero-shot on XNLI, including the
+mixed-language sets of Efimov et al.; optionally with continual cross-lingual alignment (Eq. 2).
+
+A fork of the HF example `examples/pytorch/text-classification/run_xnli.py`, kept in its shape
+(parse, log, seed, data, model, preprocess, Trainer, train, evaluate, predict, metrics); the NLI
+logic lives in `hf_xladjust.nli_data`. `--do_eval` evaluates on the validation sets and
+`--do_predict` on the test sets of English and every `--eval_languages` language, plus, with
+`--mixed_language_eval`, the mixed-language sets. Examples:
+
+    # Hub data
+    python run_glue_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name xnli \\
+        --do_train --do_predict --mixed_language_eval --output_dir out/xnli
+
+    # local XTREME tsv files, continual alignment with Spanish
+    python run_glue_xl.py --model_name_or_path out/adjusted-es --train_file train-en.tsv \\
+        --test_file_pattern 'xnli/test-{lang}.tsv' --do_train --do_predict --mixed_language_eval \\
+        --align_source_file wiki.en --align_target_file wiki.es --target_lang es \\
+        --anchor_model_name_or_path bert-base-multilingual-cased --output_dir out/xnli-cont
+"""
+import json
+import logging
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+import datasets
+import numpy as np
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from hf_xladjust.aligned_data import AlignmentDataArguments
+from hf_xladjust.alignment_loss import AlignmentLoss, AlignmentLossArguments
+from hf_xladjust.continual_trainer import (
+    ContinualAlignArguments,
+    ContinualAlignTrainer,
+    load_align_dataset,
+    load_anchor_model,
+    resolve_anchor_path,
+)
+from hf_xladjust.errors import InputError
+from hf_xladjust.nli_data import (
+    LABELS,
+    build_mixed_language,
+    examples_to_columns,
+    load_nli_examples,
+    model_label_ids,
+    write_predictions,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which NLI data to train and evaluate on, and how it is preprocessed."""
+
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset with one config per language (xnli); files take precedence."}
+    )
+    train_language: str = field(default="en", metadata={"help": "Training language (Hub config); English."})
+    eval_languages: List[str] = field(
+        default_factory=lambda: ["es", "ru", "vi", "hi"],
+        metadata={"help": "Zero-shot evaluation languages; English is always evaluated too."},
+    )
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "English training file, XTREME tsv: premise<TAB>hypothesis<TAB>label."}
+    )
+    validation_file_pattern: Optional[str] = field(
+        default=None,
+        metadata={"help": "Validation files (--do_eval) with a '{lang}' slot, e.g. 'xnli/dev-{lang}.tsv'."},
+    )
+    test_file_pattern: Optional[str] = field(
+        default=None, metadata={"help": "Test files (--do_predict) with a '{lang}' slot, e.g. 'xnli/test-{lang}.tsv'."}
+    )
+    mixed_language_eval: bool = field(
+        default=False,
+        metadata={"help": "Also evaluate on mixed-language sets: per example, the premise or the hypothesis "
+                          "(seeded random choice) is replaced by the English original of the same line."},
+    )
+    mixed_language_seed: Optional[int] = field(
+        default=None, metadata={"help": "Seed of the premise/hypothesis choice (default: --seed)."}
+    )
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Maximum tokens of premise + hypothesis; longer pairs are truncated."}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every pair to max_seq_length instead of padding per batch."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-run the tokenisation of cached datasets."})
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenisation."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep the first N examples of every validation set."}
+    )
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep the first N examples of every test set."}
+    )
+
+    def __post_init__(self):
+        for name in ("validation_file_pattern", "test_file_pattern"):
+            pattern = getattr(self, name)
+            if pattern and "{lang}" not in pattern:
+                raise ValueError(f"--{name} needs a '{{lang}}' slot, got {pattern!r}")
+
+
+@dataclass
+class ModelArguments:
+    """Which model/config/tokenizer to fine-tune from."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub name or local folder of the (adjusted) encoder."})
+    config_name: Optional[str] = field(default=None, metadata={"help": "Config, if not the model's."})
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers) tokenizer."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models or datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub repository."})
+
+
+@dataclass
+class NLITrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's XNLI fine-tuning: lr 5e-5, 2 epochs, batch 32."""
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate (paper: 5e-5)."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the English data (paper: 2)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
+
+
+def main():
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
+         AlignmentLossArguments, NLITrainingArguments)
+    )
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        parsed = parser.parse_args_into_dataclasses()
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parsed
+
+    # Setup logging
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logging.getLogger("hf_xladjust").setLevel(log_level)
+    logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
+                   f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value}, "
+                   f"16-bits training: {training_args.fp16 or training_args.bf16}")
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    # Set seed before initializing model.
+    set_seed(training_args.seed)
+
+    # Load the data: English training set; validation and test sets for English and every evaluation
+    # language, and the mixed-language sets built from the target and English sets of the same split.
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    languages = list(dict.fromkeys(["en"] + list(data_args.eval_languages)))
+    mixed_seed = data_args.mixed_language_seed if data_args.mixed_language_seed is not None else training_args.seed
+    train_examples = None
+    if training_args.do_train:
+        if not (data_args.train_file or data_args.dataset_name):
+            raise ValueError("--do_train needs --train_file or --dataset_name")
+        train_examples, _ = load_nli_examples(data_args.train_file, data_args.dataset_name,
+                                              data_args.train_language, "train", data_args.max_train_samples,
+                                              **hub_kwargs)
+
+    eval_sets = {}  # split -> {set name -> examples}
+    for split, do_it, pattern, hub_split, max_samples in (
+        ("eval", training_args.do_eval, data_args.validation_file_pattern, "validation", data_args.max_eval_samples),
+        ("test", training_args.do_predict, data_args.test_file_pattern, "test", data_args.max_predict_samples),
+    ):
+        if not do_it:
+            continue
+        if not (pattern or data_args.dataset_name):
+            flag = "--validation_file_pattern" if split == "eval" else "--test_file_pattern"
+            raise ValueError(f"--do_{'eval' if split == 'eval' else 'predict'} needs {flag} or --dataset_name")
+        loaded = {lang: load_nli_examples(pattern.format(lang=lang) if pattern else None, data_args.dataset_name,
+                                          lang, hub_split, max_samples, **hub_kwargs)
+                  for lang in languages}
+        sets = {lang: examples for lang, (examples, _) in loaded.items()}
+        if data_args.mixed_language_eval:
+            english, english_source = loaded["en"]
+            for lang in languages[1:]:
+                target, target_source = loaded[lang]
+                sets[f"mixed_{lang}"] = build_mixed_language(target, english, mixed_seed, target_source,
+                                                             english_source)
+        eval_sets[split] = sets
+
+    # Load pretrained model and tokenizer. Our label ids are fixed (entailment, neutral,
+    # contradiction); a model with its own label names keeps its order and the data is mapped to it.
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        finetuning_task="xnli",
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model_label_of = model_label_ids(config, model_args.config_name or model_args.model_name_or_path)
+    our_label_of = np.argsort(model_label_of)  # model id -> our id
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        use_fast=model_args.use_fast_tokenizer,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+    # Preprocessing the datasets
+    padding = "max_length" if data_args.pad_to_max_length else False
+    max_seq_length = data_args.max_seq_length
+    if max_seq_length > tokenizer.model_max_length:
+        logger.warning(f"--max_seq_length {max_seq_length} is longer than the model's maximum "
+                       f"({tokenizer.model_max_length}); using {tokenizer.model_max_length}.")
+        max_seq_length = tokenizer.model_max_length
+
+    def preprocess_function(examples):
+        # Tokenize the texts
+        result = tokenizer(examples["premise"], examples["hypothesis"], padding=padding,
+                           max_length=max_seq_length, truncation=True)
+        result["labels"] = [int(model_label_of[label]) for label in examples["label"]]
+        return result
+
+    def to_features(examples, desc):
+        dataset = datasets.Dataset.from_dict(examples_to_columns(examples))
+        with training_args.main_process_first(desc=desc):
+            return dataset.map(preprocess_function, batched=True, remove_columns=dataset.column_names,
+                               num_proc=data_args.preprocessing_num_workers,
+                               load_from_cache_file=not data_args.overwrite_cache, desc=desc)
+
+    train_dataset = None
+    if training_args.do_train:
+        train_dataset = to_features(train_examples, "Running tokenizer on train dataset")
+        # Log a few random samples from the training set:
+        for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
+            logger.info(f"Sample {index} of the training set: {train_dataset[index]}.")
+    eval_features = {split: {name: to_features(examples, f"Running tokenizer on {split} {name}")
+                             for name, examples in sets.items()}
+                     for split, sets in eval_sets.items()}
+
+    def compute_metrics(p: EvalPrediction):
+        preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        return {"accuracy": float((np.argmax(preds, axis=1) == p.label_ids).mean())}
+
+    # Data collator will default to DataCollatorWithPadding, so we change it if we already did the padding.
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        data_collator = DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
+
+    # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor.
+    trainer_class, continual_kwargs = Trainer, {}
+    if cont_args.enabled and training_args.do_train:
+        align_max_length = min(align_data_args.align_max_length or tokenizer.model_max_length,
+                               getattr(config, "max_position_embeddings", tokenizer.model_max_length))
+        with training_args.main_process_first(desc="aligned pairs for continual alignment"):
+            align_dataset = load_align_dataset(cont_args, align_data_args, tokenizer, seed=training_args.seed,
+                                               cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
+                                               max_length=align_max_length)
+        # f0 is the original model, also when fine-tuning starts from an adjusted one (DESIGN 1.3).
+        anchor = None
+        if loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen":
+            anchor_path = resolve_anchor_path(cont_args, model_args.model_name_or_path)
+            logger.info(f"Anchor model f0: {anchor_path}")
+            anchor = load_anchor_model(anchor_path, cache_dir=model_args.cache_dir, token=model_args.token,
+                                       trust_remote_code=model_args.trust_remote_code)
+        trainer_class = ContinualAlignTrainer
+        continual_kwargs = {
+            "align_dataset": align_dataset,
+            "alignment_loss": AlignmentLoss.from_args(loss_args, anchor_model=anchor,
+                                                      align_weight=cont_args.align_weight),
+            "align_batch_size": cont_args.align_batch_size,
+        }
+        logger.info(f"Continual alignment on {len(align_dataset)} sentence pairs, weight {cont_args.align_weight}")
+    elif cont_args.enabled:
+        logger.warning("Aligned data given without --do_train: continual alignment is not used.")
+
+    # Initialize our Trainer
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_features.get("eval") or None,
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        **continual_kwargs,
+    )
+
+    # Training
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.save_model()  # Saves the tokenizer too, and the config with label2id/id2label
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    # Evaluation (validation sets) and prediction (test sets): accuracy and per-example predictions.
+    for split, sets in eval_sets.items():
+        logger.info(f"*** {'Evaluate' if split == 'eval' else 'Predict'} ***")
+        metrics = {}
+        for name, examples in sets.items():
+            prefix = f"{split}_{name}"
+            output = trainer.predict(eval_features[split][name], metric_key_prefix=prefix)
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            model_preds = probs.argmax(axis=1)
+            metrics.update(output.metrics)
+            metrics[f"{prefix}_samples"] = len(examples)
+            if trainer.is_world_process_zero():
+                path = os.path.join(training_args.output_dir, f"predictions_{prefix}.jsonl")
+                metrics[f"{prefix}_accuracy"] = write_predictions(
+                    path, examples, our_label_of[model_preds], probs[np.arange(len(probs)), model_preds])
+        trainer.log_metrics(split, metrics)
+        trainer.save_metrics(split, metrics)
+
+    if trainer.is_world_process_zero():
+        run_args = {"model": asdict(model_args), "data": asdict(data_args), "mixed_language_seed": mixed_seed,
+                    "labels": list(LABELS), "continual": asdict(cont_args) if cont_args.enabled else None,
+                    "alignment": asdict(align_data_args) if cont_args.enabled else None,
+                    "loss": asdict(loss_args) if cont_args.enabled else None, "training": training_args.to_dict()}
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "run_args.json"), "w") as f:
+            json.dump(run_args, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as err:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
