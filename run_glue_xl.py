@@ -43,14 +43,8 @@ from transformers import (
 )
 
 from hf_xladjust.aligned_data import AlignmentDataArguments
-from hf_xladjust.alignment_loss import AlignmentLoss, AlignmentLossArguments
-from hf_xladjust.continual_trainer import (
-    ContinualAlignArguments,
-    ContinualAlignTrainer,
-    load_align_dataset,
-    load_anchor_model,
-    resolve_anchor_path,
-)
+from hf_xladjust.alignment_loss import AlignmentLossArguments
+from hf_xladjust.continual_trainer import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
 from hf_xladjust.errors import InputError
 from hf_xladjust.nli_data import (
     LABELS,
@@ -275,30 +269,21 @@ def main():
         data_collator = DataCollatorWithPadding(
             tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
 
-    # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor.
-    trainer_class, continual_kwargs = Trainer, {}
+    # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor
+    # (the original model, also when fine-tuning starts from an adjusted one; DESIGN 1.3).
+    trainer_class, trainer_kwargs = Trainer, {}
     if cont_args.enabled and training_args.do_train:
-        align_max_length = min(align_data_args.align_max_length or tokenizer.model_max_length,
-                               getattr(config, "max_position_embeddings", tokenizer.model_max_length))
         with training_args.main_process_first(desc="aligned pairs for continual alignment"):
-            align_dataset = load_align_dataset(cont_args, align_data_args, tokenizer, seed=training_args.seed,
-                                               cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
-                                               max_length=align_max_length)
-        # f0 is the original model, also when fine-tuning starts from an adjusted one (DESIGN 1.3).
-        anchor = None
-        if loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen":
-            anchor_path = resolve_anchor_path(cont_args, model_args.model_name_or_path)
-            logger.info(f"Anchor model f0: {anchor_path}")
-            anchor = load_anchor_model(anchor_path, cache_dir=model_args.cache_dir, token=model_args.token,
-                                       trust_remote_code=model_args.trust_remote_code)
+            trainer_kwargs = continual_kwargs(
+                cont_args, align_data_args, loss_args, tokenizer, model_args.model_name_or_path,
+                seed=training_args.seed,
+                alignment_cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
+                cache_dir=model_args.cache_dir, token=model_args.token,
+                trust_remote_code=model_args.trust_remote_code,
+            )
         trainer_class = ContinualAlignTrainer
-        continual_kwargs = {
-            "align_dataset": align_dataset,
-            "alignment_loss": AlignmentLoss.from_args(loss_args, anchor_model=anchor,
-                                                      align_weight=cont_args.align_weight),
-            "align_batch_size": cont_args.align_batch_size,
-        }
-        logger.info(f"Continual alignment on {len(align_dataset)} sentence pairs, weight {cont_args.align_weight}")
+        logger.info(f"Continual alignment on {len(trainer_kwargs['align_dataset'])} sentence pairs, "
+                    f"weight {cont_args.align_weight}")
     elif cont_args.enabled:
         logger.warning("Aligned data given without --do_train: continual alignment is not used.")
 
@@ -311,7 +296,7 @@ def main():
         compute_metrics=compute_metrics,
         processing_class=tokenizer,
         data_collator=data_collator,
-        **continual_kwargs,
+        **trainer_kwargs,
     )
 
     # Training

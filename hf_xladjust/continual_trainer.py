@@ -151,19 +151,24 @@ def resolve_anchor_path(cont_args: ContinualAlignArguments, model_name_or_path: 
 
 def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments,
                      loss_args: AlignmentLossArguments, tokenizer, model_name_or_path: str, seed: int,
-                     cache_dir: Optional[str] = None, max_length: Optional[int] = None, **model_kwargs) -> Dict:
+                     alignment_cache_dir: Optional[str] = None, max_length: Optional[int] = None,
+                     **model_kwargs) -> Dict:
     """Keyword arguments for `ContinualAlignTrainer` from the parsed arguments of a run_*_xl.py script
-    (empty when continual alignment is off), so the script reads `ContinualAlignTrainer(..., **kw)`."""
+    (empty when continual alignment is off), so the script reads `ContinualAlignTrainer(..., **kw)`.
+    `model_kwargs` (cache_dir, token, ...) go to `from_pretrained` of the config and of f0."""
     if not cont_args.enabled:
         return {}
     if max_length is None:  # as run_adjust.py: the tokenizer's limit, capped by the model's positions
         positions = getattr(AutoConfig.from_pretrained(model_name_or_path, **model_kwargs),
                             "max_position_embeddings", None)
         max_length = min(data_args.align_max_length or tokenizer.model_max_length, positions or int(1e9))
-    dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, cache_dir, max_length)
+    dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, alignment_cache_dir, max_length)
     needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
-    anchor = load_anchor_model(resolve_anchor_path(cont_args, model_name_or_path), **model_kwargs) if needs_f0 \
-        else None
+    anchor = None
+    if needs_f0:
+        anchor_path = resolve_anchor_path(cont_args, model_name_or_path)
+        logger.info("Anchor model f0: %s", anchor_path)
+        anchor = load_anchor_model(anchor_path, **model_kwargs)
     loss = AlignmentLoss.from_args(loss_args, anchor_model=anchor, align_weight=cont_args.align_weight)
     return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size}
 
