@@ -139,3 +139,23 @@ def test_real_en_ru_corpus(tmp_path, tiny_model_dir, shared_data):
     assert stats["sentences_read"] == 500 and stats["sentences_kept"] > 300 and stats["links_kept"] > 2000
     assert len(read_aligned_pairs(str(out / "aligned_pairs.jsonl"))) == stats["sentences_kept"]
     AutoModel.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_corpus(tmp_path, tiny_model_dir):
+    """`accelerate launch` with two gloo processes (accelerate's --cpu starts only one, so --multi_gpu
+    without GPUs): 12 pairs at 2 per process make 3 steps, and rank 0 saves a loadable encoder."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         str(ROOT / "run_adjust.py"), "--model_name_or_path", tiny_model_dir,
+         "--train_file", joined_corpus(tmp_path, "es"), "--target_lang", "es", "--output_dir", out,
+         "--per_device_train_batch_size", "2", "--logging_steps", "1", "--report_to", "none", "--use_cpu"],
+        capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert len([h for h in state["log_history"] if "align_loss" in h]) == 3
+    AutoModel.from_pretrained(out)
