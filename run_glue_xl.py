@@ -36,7 +36,6 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     default_data_collator,
     set_seed,
@@ -271,7 +270,9 @@ def main():
 
     # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor
     # (the original model, also when fine-tuning starts from an adjusted one; DESIGN 1.3).
-    trainer_class, trainer_kwargs = Trainer, {}
+    # Without aligned data ContinualAlignTrainer is the plain Trainer, plus its check that the task
+    # loss is scaled right under gradient accumulation: baseline and continual runs train alike.
+    trainer_kwargs = {}
     if cont_args.enabled and training_args.do_train:
         with training_args.main_process_first(desc="aligned pairs for continual alignment"):
             trainer_kwargs = continual_kwargs(
@@ -281,14 +282,13 @@ def main():
                 cache_dir=model_args.cache_dir, token=model_args.token,
                 trust_remote_code=model_args.trust_remote_code,
             )
-        trainer_class = ContinualAlignTrainer
         logger.info(f"Continual alignment on {len(trainer_kwargs['align_dataset'])} sentence pairs, "
                     f"weight {cont_args.align_weight}")
     elif cont_args.enabled:
         logger.warning("Aligned data given without --do_train: continual alignment is not used.")
 
     # Initialize our Trainer
-    trainer = trainer_class(
+    trainer = ContinualAlignTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

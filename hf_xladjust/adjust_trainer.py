@@ -6,6 +6,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .alignment_loss import AlignmentLoss
+from .compat import ga_corrected_loss, rng_state_load_context
 
 
 @dataclass
@@ -35,7 +36,8 @@ class AdjustTrainer(Trainer):
     terms, which `log()` averages over the logging window and reports next to `loss`."""
 
     # The loss is a per-batch mean and ignores `num_items_in_batch`: the Trainer must divide it
-    # by the accumulation steps (transformers 4.46+: model_accepts_loss_kwargs; 5.x: this flag).
+    # by the accumulation steps (4.48.1+: model_accepts_loss_kwargs; 5.x: this flag; 4.46-4.48.0 do
+    # not divide, and compute_loss rescales the gradient itself, see hf_xladjust.compat).
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, alignment_loss: AlignmentLoss, **kwargs):
@@ -53,7 +55,12 @@ class AdjustTrainer(Trainer):
         mode = "train" if model.training else "eval"
         for key in ("align_loss", "anchor_loss"):
             self._metrics[(mode, key)].append(out[key])
-        return (out["loss"], out) if return_outputs else out["loss"]
+        loss = ga_corrected_loss(self, out["loss"], num_items_in_batch) if model.training else out["loss"]
+        return (loss, out) if return_outputs else loss
+
+    def _load_rng_state(self, checkpoint):
+        with rng_state_load_context():  # transformers < 4.47 with torch 2.6+
+            return super()._load_rng_state(checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -15,7 +15,9 @@ declare `**kwargs` but ignore `num_items_in_batch`; the Trainer then skips its d
 gradient grows with the accumulation steps (and, under `average_tokens_across_devices`, with the
 number of processes; transformers#47688). On the first training step this trainer checks, without
 gradients and in eval mode, whether the task loss really honours `num_items_in_batch`, and if it does
-not, treats it as the per-batch mean it is.
+not, treats it as the per-batch mean it is. Where the installed Trainer divides by the accumulation
+steps when it should not, or not when it should (transformers 4.46-4.48.0 never or seldom divide),
+the task loss's gradient is rescaled (`hf_xladjust.compat.ga_corrected_loss`); on 5.x it is left alone.
 
 Distributed training. The side batch goes through `model.module.base_model`, i.e. not through the
 DDP wrapper's forward. That is enough: the reducer's hooks sit on each parameter's gradient
@@ -48,6 +50,7 @@ from .aligned_data import (
     read_aligned_pairs,
 )
 from .alignment_loss import AlignmentLoss, AlignmentLossArguments, encoder_of
+from .compat import accumulation_steps, ga_corrected_loss, rng_state_load_context, trainer_divides_by_ga
 
 logger = logging.getLogger(__name__)
 
@@ -230,13 +233,10 @@ class ContinualAlignTrainer(Trainer):
 
     # ---- gradient-accumulation bookkeeping ----
     def _loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
-        """What `Trainer.training_step` decides (transformers 4.48+ and 5.x): True when the loss it gets is
-        already normalised over the accumulated batch, so it does not divide by the accumulation steps."""
-        scaled = getattr(self, "loss_is_scaled_for_ga", None)
-        if scaled is not None:
-            return scaled
-        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
-                    or getattr(self, "compute_loss_func", None) is not None)
+        """What the installed `Trainer.training_step` decides: True when it does not divide the loss it gets
+        by the accumulation steps (in 5.x, when that loss is normalised over the accumulated batch; in
+        4.46-4.47, always; see hf_xladjust.compat)."""
+        return not trainer_divides_by_ga(self, num_items_in_batch)
 
     def _check_task_loss_scaling(self, model, inputs, num_items_in_batch):
         """If the Trainer would pass `num_items_in_batch` and skip its own division, make sure the task
@@ -276,21 +276,27 @@ class ContinualAlignTrainer(Trainer):
             self._check_task_loss_scaling(model, inputs, num_items_in_batch)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                    num_items_in_batch=num_items_in_batch)
+        task_loss, outputs = out if return_outputs else (out, None)
+        if model.training:  # a no-op where the Trainer's own GA division is right (see hf_xladjust.compat)
+            task_loss = ga_corrected_loss(self, task_loss, num_items_in_batch)
         # The first micro-step of each optimisation step adds the side batch's loss, once. (The state
         # object is part of the key: a second train() starts a new one, from global_step 0.)
         done_state, done_step = self._side_done
         if not (self.align_enabled and model.training
                 and not (done_state is self.state and done_step == self.state.global_step)):
-            return out
+            return (task_loss, outputs) if return_outputs else task_loss
         self._side_done = (self.state, self.state.global_step)
-        task_loss, outputs = out if return_outputs else (out, None)
         side = self._side_loss(model)
-        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        ga = accumulation_steps(self)
         scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else ga
         loss = task_loss.float() + side["loss"] * scale
         for key in ("align_loss", "anchor_loss"):
             self._metrics[key].append(side[key])
         return (loss, outputs) if return_outputs else loss
+
+    def _load_rng_state(self, checkpoint):
+        with rng_state_load_context():  # transformers < 4.47 with torch 2.6+
+            return super()._load_rng_state(checkpoint)
 
     def log(self, logs, *args, **kwargs):
         if not any(k.startswith("eval_") or k.startswith("test_") for k in logs):

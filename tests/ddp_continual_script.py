@@ -60,6 +60,7 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
 
     from hf_xladjust.aligned_data import AlignedPairDataset
     from hf_xladjust.alignment_loss import AlignmentLoss
+    from hf_xladjust.compat import accumulation_steps
     from hf_xladjust.continual_trainer import ContinualAlignTrainer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -86,7 +87,7 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
                 shadow.to(self.args.device).train()
                 loss = super().compute_loss(shadow, inputs, num_items_in_batch=num_items_in_batch)
                 if not self._loss_is_scaled_for_ga(num_items_in_batch):
-                    loss = loss / self.current_gradient_accumulation_steps
+                    loss = loss / accumulation_steps(self)
                 loss.backward()  # plain autograd: no DDP, no all-reduce
                 self._side_done = done
                 self._metrics.update(metrics)

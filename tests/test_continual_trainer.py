@@ -15,7 +15,7 @@ from transformers import (AutoModel, AutoTokenizer, BertForSequenceClassificatio
                           TrainingArguments)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from conftest import independent_pull_mse
+from conftest import free_port, independent_pull_mse
 from ddp_continual_script import side_pairs, task_dataset
 from hf_xladjust.aligned_data import AlignedPairDataset
 from hf_xladjust.alignment_loss import AlignmentLoss, encoder_of
@@ -127,10 +127,12 @@ def test_side_indices_depend_on_seed_rank_step_and_repeat(tiny_model_dir, tok, s
 
 # ---- 2. gradient accumulation --------------------------------------------------------------------------------
 class HonoursItemsHead(BertForSequenceClassification):
-    """A head whose loss IS normalised by `num_items_in_batch` (sum / items), as the Trainer assumes."""
+    """A head whose loss IS normalised by `num_items_in_batch` (sum / items), as the Trainer assumes.
+    (`**loss_kwargs`: transformers 4.46 only passes the count to a forward with that name; 4.47+ take
+    any `**kwargs`.)"""
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
-        n = kwargs.pop("num_items_in_batch", None)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **loss_kwargs):
+        n = loss_kwargs.pop("num_items_in_batch", None)
         logits = super().forward(input_ids=input_ids, attention_mask=attention_mask,
                                  token_type_ids=token_type_ids).logits
         loss = None
@@ -192,7 +194,8 @@ def test_two_ranks_sync_side_gradients(tiny_model_dir, tmp_path):
     # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (multi-CPU needs mpirun); the
     # torchrun-based launcher gives two gloo ranks on a machine without GPUs.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()),
            str(TESTS / "ddp_continual_script.py"), tiny_model_dir, str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from conftest import FIXTURES, build_tiny_model, fixture_lines, independent_pull_mse
+from conftest import FIXTURES, build_tiny_model, fixture_lines, free_port, independent_pull_mse
 from hf_xladjust.aligned_data import read_aligned_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def run_adjust(*args, check=True):
            "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, str(ROOT / "run_adjust.py"), *map(str, args),
                            "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -149,11 +149,12 @@ def test_two_processes_split_the_corpus(tmp_path, tiny_model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()),
          str(ROOT / "run_adjust.py"), "--model_name_or_path", tiny_model_dir,
          "--train_file", joined_corpus(tmp_path, "es"), "--target_lang", "es", "--output_dir", out,
          "--per_device_train_batch_size", "2", "--logging_steps", "1", "--report_to", "none", "--use_cpu"],
-        capture_output=True, text=True, env=env, cwd=ROOT)
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
