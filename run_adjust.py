@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import datasets
@@ -29,7 +29,7 @@ from hf_xladjust.aligned_data import (
     write_aligned_pairs,
 )
 from hf_xladjust.alignment_loss import AlignmentLoss, AlignmentLossArguments
-from hf_xladjust.errors import InputError
+from hf_xladjust.script_utils import run_main, write_run_args
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +116,9 @@ def main():
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        run_args = {"model": asdict(model_args), "files": asdict(file_args), "alignment": asdict(data_args),
-                    "loss": asdict(loss_args), "training": training_args.to_dict()}
-        with open(os.path.join(training_args.output_dir, "run_args.json"), "w") as f:
-            json.dump(run_args, f, indent=2, default=str)
+        write_run_args(training_args.output_dir, model=model_args, files=file_args, alignment=data_args,
+                       loss=loss_args, training=training_args)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    run_main(main)

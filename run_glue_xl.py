@@ -18,12 +18,11 @@ logic lives in `hf_xladjust.nli_data`. `--do_eval` evaluates on the validation s
         --align_source_file wiki.en --align_target_file wiki.es --target_lang es \\
         --anchor_model_name_or_path bert-base-multilingual-cased --output_dir out/xnli-cont
 """
-import json
 import logging
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import datasets
@@ -44,7 +43,6 @@ from transformers import (
 from hf_xladjust.aligned_data import AlignmentDataArguments
 from hf_xladjust.alignment_loss import AlignmentLossArguments
 from hf_xladjust.continual_trainer import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
-from hf_xladjust.errors import InputError
 from hf_xladjust.nli_data import (
     LABELS,
     build_mixed_language,
@@ -53,6 +51,7 @@ from hf_xladjust.nli_data import (
     model_label_ids,
     write_predictions,
 )
+from hf_xladjust.script_utils import run_main, write_run_args
 
 logger = logging.getLogger(__name__)
 
@@ -330,17 +329,12 @@ def main():
         trainer.save_metrics(split, metrics)
 
     if trainer.is_world_process_zero():
-        run_args = {"model": asdict(model_args), "data": asdict(data_args), "mixed_language_seed": mixed_seed,
-                    "labels": list(LABELS), "continual": asdict(cont_args) if cont_args.enabled else None,
-                    "alignment": asdict(align_data_args) if cont_args.enabled else None,
-                    "loss": asdict(loss_args) if cont_args.enabled else None, "training": training_args.to_dict()}
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "run_args.json"), "w") as f:
-            json.dump(run_args, f, indent=2, default=str)
+        continual = cont_args.enabled
+        write_run_args(training_args.output_dir, model=model_args, data=data_args, mixed_language_seed=mixed_seed,
+                       labels=list(LABELS), continual=cont_args if continual else None,
+                       alignment=align_data_args if continual else None, loss=loss_args if continual else None,
+                       training=training_args)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    run_main(main)

@@ -7,7 +7,7 @@ so the model side can pool subwords into words with one scatter over the whole b
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import fixture_lines, independent_pull_mse
