@@ -209,9 +209,12 @@ class AlignedPairDataset(torch.utils.data.Dataset):
         enc_src, rows_src = _tokenize_words(tokenizer, [p.src for p in self.pairs], max_length)
         enc_tgt, rows_tgt = _tokenize_words(tokenizer, [p.tgt for p in self.pairs], max_length)
         self.features, self.links_lost = [], 0
+        self.word_slots = {"src": [], "tgt": []}  # per pair: word index -> slot (-1: truncated away)
         for pair, (s_row, s_cut), (t_row, t_cut) in zip(self.pairs, rows_src, rows_tgt):
             s_ids, s_slot, s_map = _slot_encode(enc_src, s_row, s_cut, len(pair.src))
             t_ids, t_slot, t_map = _slot_encode(enc_tgt, t_row, t_cut, len(pair.tgt))
+            self.word_slots["src"].append(s_map)
+            self.word_slots["tgt"].append(t_map)
             links = np.array(pair.links, dtype=np.int64).reshape(-1, 2)
             slot_links = np.stack([s_map[links[:, 0]], t_map[links[:, 1]]], axis=1)
             keep = (slot_links >= 0).all(axis=1)

@@ -37,9 +37,8 @@ import torch
 from .aligned_data import (
     AlignedPair,
     AlignedPairCollator,
+    AlignedPairDataset,
     AlignmentDataArguments,
-    _slot_encode,
-    _tokenize_words,
     build_aligned_pairs,
     read_aligned_pairs,
 )
@@ -131,21 +130,8 @@ class _Encoded:
     """The sentences of both sides tokenised for one tokenizer: slot features plus word -> slot maps."""
 
     def __init__(self, pairs: Sequence[AlignedPair], tokenizer, max_length: int):
-        self.features = []
-        self.word_slots = {"src": [], "tgt": []}
-        enc_src, rows_src = _tokenize_words(tokenizer, [p.src for p in pairs], max_length)
-        enc_tgt, rows_tgt = _tokenize_words(tokenizer, [p.tgt for p in pairs], max_length)
-        no_links = np.zeros((0, 2), dtype=np.int64)
-        for pair, (s_row, s_cut), (t_row, t_cut) in zip(pairs, rows_src, rows_tgt):
-            s_ids, s_slot, s_map = _slot_encode(enc_src, s_row, s_cut, len(pair.src))
-            t_ids, t_slot, t_map = _slot_encode(enc_tgt, t_row, t_cut, len(pair.tgt))
-            self.word_slots["src"].append(s_map)
-            self.word_slots["tgt"].append(t_map)
-            self.features.append({
-                "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max()) + 1,
-                "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max()) + 1,
-                "links": no_links,
-            })
+        dataset = AlignedPairDataset(pairs, tokenizer, max_length)
+        self.features, self.word_slots = dataset.features, dataset.word_slots
         self.word_offset = {
             side: np.concatenate([[0], np.cumsum([len(m) for m in maps])[:-1]]).astype(np.int64)
             for side, maps in self.word_slots.items()}
