@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[offline,test]"
+	$(PY) -m pip install --quiet -e ".[offline,fast_align,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
