@@ -34,9 +34,10 @@ class AlignmentDataArguments:
     alignment_file: Optional[str] = field(
         default=None, metadata={"help": "Precomputed Pharaoh 'i-j' alignments, one line per sentence pair."}
     )
-    symmetrization: str = field(
-        default="intersect",
-        metadata={"help": "intersect (the paper), union or grow-diag-final-and."},
+    symmetrization: Optional[str] = field(
+        default=None,
+        metadata={"help": "intersect (the paper; the default for eflomal), union or grow-diag-final-and (the "
+                          "only one the fast_align binding returns, and its default)."},
     )
     max_sentences: Optional[int] = field(
         default=30000, metadata={"help": "Sentence pairs sampled (with the run's seed) from the corpus; paper: 30K."}
@@ -121,7 +122,8 @@ def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_f
         links = [by_line[n] for n in sample.line_numbers]
     else:
         sample = sample_corpus(corpus, args.max_sentences, seed)
-        links = align_corpus(sample.src, sample.tgt, args.aligner, args.symmetrization, seed=seed,
+        symmetrization = args.symmetrization or ("grow-diag-final-and" if args.aligner == "fast_align" else "intersect")
+        links = align_corpus(sample.src, sample.tgt, args.aligner, symmetrization, seed=seed,
                              cache_dir=cache_dir)
     pairs, stats = filter_pairs(sample.src, sample.tgt, links, args)
     stats = {"lines_skipped": dict(corpus.skipped), "sentences_in_corpus": len(corpus), **stats}

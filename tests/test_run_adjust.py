@@ -160,3 +160,13 @@ def test_two_processes_split_the_corpus(tmp_path, tiny_model_dir):
     assert state["global_step"] == 3
     assert len([h for h in state["log_history"] if "align_loss" in h]) == 3
     AutoModel.from_pretrained(out)
+
+
+def test_fast_align_defaults_to_the_symmetrisation_it_returns(tmp_path, tiny_model_dir):
+    pytest.importorskip("systran_align")
+    out = tmp_path / "out"
+    run_adjust("--model_name_or_path", tiny_model_dir, "--train_file", joined_corpus(tmp_path, "vi"),
+               "--target_lang", "vi", "--aligner", "fast_align", "--output_dir", out)
+    stats = json.loads((out / "alignment_stats.json").read_text())
+    assert stats["sentences_read"] == 12 and stats["links_kept"] > 0
+    assert any(name.startswith("fast_align.grow-diag-final-and.") for name in os.listdir(out / "alignment_cache"))
