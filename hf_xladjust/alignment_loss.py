@@ -50,7 +50,8 @@ def pool_words(hidden: torch.Tensor, token_slot: torch.Tensor, num_slots: int, p
     slots = torch.where(slots < 0, torch.full_like(slots, num_slots), slots)
     if pooling == "mean":
         sums = flat.new_zeros(num_slots + 1, hidden_size).index_add_(0, slots, flat)
-        counts = torch.bincount(slots, minlength=num_slots + 1).clamp_min(1).to(flat.dtype)
+        # index_add_ rather than bincount: bincount on CUDA reads the maximum back to the host.
+        counts = flat.new_zeros(num_slots + 1).index_add_(0, slots, flat.new_ones(slots.shape)).clamp_min(1)
         return (sums / counts[:, None])[:num_slots]
     positions = torch.arange(slots.numel(), device=slots.device)
     if pooling == "first":
