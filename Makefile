@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 DEMO_LANG ?= es
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast lint demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,15 @@ install: $(STAMP)
 
 # The whole suite, slow real-data checks included (they skip when ../shared/data is absent).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(PY) -m pytest -q tests
 
 # Without the slow real-data checks.
 test-fast: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) demo.py --target_lang $(DEMO_LANG) --output_dir $(DEMO_DIR)

@@ -8,7 +8,7 @@ Offline, on a CPU, in a few minutes:
 2. word-align all of demo_data/en-<lang>.txt with eflomal and split it: the last --heldout lines
    are held out (aligned together with the rest, for better links, but never trained on);
 3. stage 1, the real CLI: `run_adjust.py` on the training lines with their Pharaoh alignments;
-4. the distance analysis, the real CLI: `python -m hf_xladjust.analysis distances` on the held-out
+4. the distance analysis, the real CLI: `python -m hf_xladjust.evaluation.distances` on the held-out
    pairs for the original and the adjusted encoder;
 5. print a before/after table and where the histograms are.
 
@@ -67,9 +67,9 @@ def run(cmd, log_path):
 
 def prepare_data(corpus_path, data_dir, heldout, max_sentences, seed):
     """Align the whole corpus once; write the training lines + their links, and the held-out pairs."""
-    from hf_xladjust.aligned_data import AlignmentDataArguments, filter_pairs, write_aligned_pairs
-    from hf_xladjust.aligners import align_corpus, write_pharaoh
-    from hf_xladjust.parallel import read_parallel
+    from hf_xladjust.alignment.aligners import align_corpus, write_pharaoh
+    from hf_xladjust.alignment.pairs import AlignmentDataArguments, filter_pairs, write_aligned_pairs
+    from hf_xladjust.alignment.parallel import read_parallel
 
     corpus = read_parallel(train_file=corpus_path)
     if not 0 < heldout < len(corpus):
@@ -111,7 +111,7 @@ def main(argv=None):
     corpus = args.corpus or os.path.join(ROOT, "demo_data", f"en-{args.target_lang}.txt")
     if not os.path.isfile(corpus):
         sys.exit(f"demo: no corpus {corpus} (demo corpora: "
-                 f"{', '.join(sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'demo_data', 'en-*.txt'))))})")
+                 f"{', '.join(sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'demo_data', 'en-*.txt'))))})")  # noqa: E501
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
 
@@ -155,7 +155,7 @@ def main(argv=None):
 
     t = step("4/4 distance analysis on the held-out pairs")
     analysis = os.path.join(out, "analysis")
-    run([sys.executable, "-m", "hf_xladjust.analysis", "distances", "--model", f"original={model_dir}",
+    run([sys.executable, "-m", "hf_xladjust.evaluation.distances", "--model", f"original={model_dir}",
          "--model", f"adjusted={adjusted}", "--pairs", held_file, "--output_dir", analysis,
          "--seed", str(args.seed)], os.path.join(out, "analysis.log"))
     with open(os.path.join(analysis, "distances.json")) as f:

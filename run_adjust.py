@@ -16,29 +16,20 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import datasets
-import transformers
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, set_seed
 
-from hf_xladjust.adjust_trainer import AdjustTrainer, AdjustTrainingArguments
-from hf_xladjust.aligned_data import (
+from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments
+from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
     AlignedPairDataset,
     AlignmentDataArguments,
     build_aligned_pairs,
     write_aligned_pairs,
 )
-from hf_xladjust.alignment_loss import AlignmentLoss, AlignmentLossArguments
-from hf_xladjust.script_utils import run_main, write_run_args
+from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Hub name or local folder of the encoder to adjust."})
-    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub downloads are stored."})
 
 
 @dataclass
@@ -64,13 +55,7 @@ def main():
     else:
         model_args, file_args, data_args, loss_args, training_args = parser.parse_args_into_dataclasses()
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logging.getLogger("hf_xladjust").setLevel(log_level)
+    setup_logging(training_args, logger)
     logger.info(f"Training/evaluation parameters {training_args}")
 
     set_seed(training_args.seed)

@@ -4,7 +4,7 @@ mixed-language sets of Efimov et al.; optionally with continual cross-lingual al
 
 A fork of the HF example `examples/pytorch/text-classification/run_xnli.py`, kept in its shape
 (parse, log, seed, data, model, preprocess, Trainer, train, evaluate, predict, metrics); the NLI
-logic lives in `hf_xladjust.nli_data`. `--do_eval` evaluates on the validation sets and
+logic lives in `hf_xladjust.tasks.xnli`. `--do_eval` evaluates on the validation sets and
 `--do_predict` on the test sets of English and every `--eval_languages` language, plus, with
 `--mixed_language_eval`, the mixed-language sets. Examples:
 
@@ -27,7 +27,6 @@ from typing import List, Optional
 
 import datasets
 import numpy as np
-import transformers
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -40,10 +39,10 @@ from transformers import (
     set_seed,
 )
 
-from hf_xladjust.aligned_data import AlignmentDataArguments
-from hf_xladjust.alignment_loss import AlignmentLossArguments
-from hf_xladjust.continual_trainer import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
-from hf_xladjust.nli_data import (
+from hf_xladjust.alignment.loss import AlignmentLossArguments
+from hf_xladjust.alignment.pairs import AlignmentDataArguments
+from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.tasks.xnli import (
     LABELS,
     build_mixed_language,
     examples_to_columns,
@@ -51,7 +50,7 @@ from hf_xladjust.nli_data import (
     model_label_ids,
     write_predictions,
 )
-from hf_xladjust.script_utils import run_main, write_run_args
+from hf_xladjust.trainers.continual import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -110,20 +109,6 @@ class DataTrainingArguments:
 
 
 @dataclass
-class ModelArguments:
-    """Which model/config/tokenizer to fine-tune from."""
-
-    model_name_or_path: str = field(metadata={"help": "Hub name or local folder of the (adjusted) encoder."})
-    config_name: Optional[str] = field(default=None, metadata={"help": "Config, if not the model's."})
-    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub downloads are stored."})
-    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers) tokenizer."})
-    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
-    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models or datasets."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub repository."})
-
-
-@dataclass
 class NLITrainingArguments(TrainingArguments):
     """`TrainingArguments` with the paper's XNLI fine-tuning: lr 5e-5, 2 epochs, batch 32."""
 
@@ -145,13 +130,7 @@ def main():
     model_args, data_args, cont_args, align_data_args, loss_args, training_args = parsed
 
     # Setup logging
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logging.getLogger("hf_xladjust").setLevel(log_level)
+    setup_logging(training_args, logger)
     logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
                    f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value}, "
                    f"16-bits training: {training_args.fp16 or training_args.bf16}")
@@ -268,7 +247,7 @@ def main():
             tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
 
     # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor
-    # (the original model, also when fine-tuning starts from an adjusted one; DESIGN 1.3).
+    # (the original model, also when fine-tuning starts from an adjusted one, as in the paper's code).
     # Without aligned data ContinualAlignTrainer is the plain Trainer, plus its check that the task
     # loss is scaled right under gradient accumulation: baseline and continual runs train alike.
     trainer_kwargs = {}

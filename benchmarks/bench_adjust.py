@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
-from hf_xladjust.aligned_data import AlignedPairCollator
-from hf_xladjust.alignment_loss import AlignmentLoss
+from hf_xladjust.alignment.loss import AlignmentLoss
+from hf_xladjust.alignment.pairs import AlignedPairCollator
 
 
 def synthetic_features(n_pairs, words, rng, vocab_size):

@@ -33,13 +33,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import (BertConfig, BertForSequenceClassification, BertTokenizerFast, Trainer,  # noqa: E402
-                          TrainingArguments)
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, Trainer, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_xladjust.aligned_data import AlignedPair, AlignedPairDataset  # noqa: E402
-from hf_xladjust.alignment_loss import AlignmentLoss  # noqa: E402
-from hf_xladjust.continual_trainer import ContinualAlignTrainer  # noqa: E402
+from hf_xladjust.alignment.loss import AlignmentLoss  # noqa: E402
+from hf_xladjust.alignment.pairs import AlignedPair, AlignedPairDataset  # noqa: E402
+from hf_xladjust.trainers.continual import ContinualAlignTrainer  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

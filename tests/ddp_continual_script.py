@@ -31,7 +31,7 @@ def task_dataset(tokenizer, n=32, ignore_every=None):
 
 def side_pairs(langs=("es", "ru")):
     """Aligned pairs en-xx from the fixtures: links (k, k) over the first min(len) words."""
-    from hf_xladjust.aligned_data import AlignedPair
+    from hf_xladjust.alignment.pairs import AlignedPair
 
     pairs = []
     for lang in langs:
@@ -55,13 +55,19 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
     import copy
 
     import torch.distributed as dist
-    from transformers import (AutoModel, AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModel,
+        AutoTokenizer,
+        BertForSequenceClassification,
+        DataCollatorWithPadding,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
-    from hf_xladjust.aligned_data import AlignedPairDataset
-    from hf_xladjust.alignment_loss import AlignmentLoss
+    from hf_xladjust.alignment.loss import AlignmentLoss
+    from hf_xladjust.alignment.pairs import AlignedPairDataset
     from hf_xladjust.compat import accumulation_steps
-    from hf_xladjust.continual_trainer import ContinualAlignTrainer
+    from hf_xladjust.trainers.continual import ContinualAlignTrainer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import fixture_lines
-from hf_xladjust import aligners
-from hf_xladjust.aligners import align_corpus, read_pharaoh, symmetrize, write_pharaoh
+
+from hf_xladjust.alignment import aligners
+from hf_xladjust.alignment.aligners import align_corpus, read_pharaoh, symmetrize, write_pharaoh
 from hf_xladjust.errors import InputError
 
 # --- symmetrisation -------------------------------------------------------------------------------
@@ -128,8 +128,8 @@ def corpus_with_identical_pairs(n=40, seed=0):
     rng = random.Random(seed)
     vocab = [f"w{k}" for k in range(40)]
     same = [rng.sample(vocab, rng.randint(4, 8)) for _ in range(n)]
-    src = [l.split() for l in fixture_lines("en")] + same
-    tgt = [l.split() for l in fixture_lines("es")] + [list(s) for s in same]
+    src = [ln.split() for ln in fixture_lines("en")] + same
+    tgt = [ln.split() for ln in fixture_lines("es")] + [list(s) for s in same]
     return src, tgt
 
 
@@ -149,7 +149,7 @@ def test_eflomal_links_in_range_and_identical_sentences_on_the_diagonal():
 
 
 def test_cache_is_reused_without_running_the_aligner(tmp_path, monkeypatch, caplog):
-    src, tgt = [l.split() for l in fixture_lines("en")], [l.split() for l in fixture_lines("es")]
+    src, tgt = [ln.split() for ln in fixture_lines("en")], [ln.split() for ln in fixture_lines("es")]
     cache = tmp_path / "cache"
     first = align_corpus(src, tgt, "eflomal", "intersect", seed=3, cache_dir=str(cache))
     files = list(cache.iterdir())
@@ -160,7 +160,7 @@ def test_cache_is_reused_without_running_the_aligner(tmp_path, monkeypatch, capl
         raise AssertionError(f"the aligner ran: {args}")
 
     monkeypatch.setattr(subprocess, "run", no_aligner)
-    with caplog.at_level(logging.INFO, logger="hf_xladjust.aligners"):
+    with caplog.at_level(logging.INFO, logger="hf_xladjust.alignment.aligners"):
         assert align_corpus(src, tgt, "eflomal", "intersect", seed=3, cache_dir=str(cache)) == first
     assert "using cached" in caplog.text
     # the key covers the symmetrisation, the seed and the corpus: each of these misses the cache

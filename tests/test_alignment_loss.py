@@ -3,11 +3,11 @@ import copy
 
 import pytest
 import torch
+from conftest import fixture_lines, independent_pull_mse
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import fixture_lines, independent_pull_mse
-from hf_xladjust.aligned_data import AlignedPair, AlignedPairCollator, AlignedPairDataset
-from hf_xladjust.alignment_loss import AlignmentLoss, pool_words
+from hf_xladjust.alignment.loss import AlignmentLoss, pool_words
+from hf_xladjust.alignment.pairs import AlignedPair, AlignedPairCollator, AlignedPairDataset
 
 
 def test_pool_words_by_hand():
@@ -70,7 +70,7 @@ def test_slots_follow_word_ids_and_truncation_drops_cut_words(tiny):
 
 def test_loss_matches_independent_computation(tiny):
     tok, model = tiny
-    en, es = [l.split() for l in fixture_lines("en")], [l.split() for l in fixture_lines("es")]
+    en, es = [ln.split() for ln in fixture_lines("en")], [ln.split() for ln in fixture_lines("es")]
     pairs = [AlignedPair(s, t, [(0, 0), (1, 1), (len(s) - 1, len(t) - 1)]) for s, t in zip(en, es)]
     batch = AlignedPairCollator(tok.pad_token_id)([f for f in AlignedPairDataset(pairs, tok)])
     out = AlignmentLoss(copy.deepcopy(model))(model, batch)  # f0 = a copy: the constructor freezes it
@@ -81,7 +81,7 @@ def test_loss_matches_independent_computation(tiny):
 
 def test_anchor_and_frozen_pull_use_the_original_model(tiny):
     tok, model = tiny
-    en, es = [l.split() for l in fixture_lines("en")], [l.split() for l in fixture_lines("es")]
+    en, es = [ln.split() for ln in fixture_lines("en")], [ln.split() for ln in fixture_lines("es")]
     pairs = [AlignedPair(s, t, [(0, 0), (1, 1)]) for s, t in zip(en[:4], es[:4])]
     batch = AlignedPairCollator(tok.pad_token_id)([f for f in AlignedPairDataset(pairs, tok)])
     moved = copy.deepcopy(model)

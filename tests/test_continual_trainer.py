@@ -11,16 +11,26 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (AutoModel, AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
-                          TrainingArguments)
-from transformers.modeling_outputs import SequenceClassifierOutput
-
 from conftest import free_port, independent_pull_mse
 from ddp_continual_script import side_pairs, task_dataset
-from hf_xladjust.aligned_data import AlignedPairDataset
-from hf_xladjust.alignment_loss import AlignmentLoss, encoder_of
-from hf_xladjust.continual_trainer import (ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs,
-                                           resolve_anchor_path)
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from hf_xladjust.alignment.loss import AlignmentLoss, encoder_of
+from hf_xladjust.alignment.pairs import AlignedPairDataset
+from hf_xladjust.trainers.continual import (
+    ContinualAlignArguments,
+    ContinualAlignTrainer,
+    continual_kwargs,
+    resolve_anchor_path,
+)
 
 TESTS = Path(__file__).parent
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -98,15 +108,15 @@ def test_step_loss_is_task_plus_weighted_alignment_terms(tiny_model_dir, tok, si
     anchor = independent_anchor_mse(encoder_of(model), f0, tok, pairs)
     assert anchor > 1e-4 and pull > 1e-4
     assert loss.item() == pytest.approx(task + 0.3 * pull + 0.7 * anchor, rel=1e-5)
-    assert trainer._metrics["align_loss"][0].item() == pytest.approx(pull, rel=1e-5)
-    assert trainer._metrics["anchor_loss"][0].item() == pytest.approx(anchor, rel=1e-5)
+    assert trainer._metrics[("train", "align_loss")][0].item() == pytest.approx(pull, rel=1e-5)
+    assert trainer._metrics[("train", "anchor_loss")][0].item() == pytest.approx(anchor, rel=1e-5)
     # once per optimisation step: a second micro-step of the same step is the task loss alone
     with torch.no_grad():
         assert trainer.compute_loss(model, inputs).item() == pytest.approx(task, rel=1e-6)
         model.eval()  # evaluation: plain task loss
         trainer.state.global_step += 1
         assert trainer.compute_loss(model, inputs).item() == pytest.approx(task, rel=1e-6)
-    assert len(trainer._metrics["align_loss"]) == 1
+    assert len(trainer._metrics[("train", "align_loss")]) == 1
     eval_data = task_dataset(tok, n=8)
     plain = make_trainer(tok, model, targs(tmp_path), cls=Trainer).evaluate(eval_data)
     ours = trainer.evaluate(eval_data)
@@ -265,10 +275,10 @@ def test_align_metrics_in_trainer_state_and_wandb(tiny_model_dir, tok, side, f0,
     assert len(glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))) == 1  # the offline run
 
 
-# ---- arguments and helpers -------------------------------------------------------------------------------------------
+# ---- arguments and helpers ------------------------------------------------------------------------------------------
 def test_arguments_and_anchor_resolution(tiny_model_dir, tok, side, tmp_path):
-    from hf_xladjust.aligned_data import AlignmentDataArguments, write_aligned_pairs
-    from hf_xladjust.alignment_loss import AlignmentLossArguments
+    from hf_xladjust.alignment.loss import AlignmentLossArguments
+    from hf_xladjust.alignment.pairs import AlignmentDataArguments, write_aligned_pairs
 
     assert not ContinualAlignArguments().enabled
     with pytest.raises(ValueError):
@@ -278,8 +288,8 @@ def test_arguments_and_anchor_resolution(tiny_model_dir, tok, side, tmp_path):
     adjusted = tmp_path / "adjusted"  # as run_adjust.py leaves it: a model folder plus run_args.json
     shutil.copytree(tiny_model_dir, adjusted)
     (adjusted / "run_args.json").write_text(json.dumps({"model": {"model_name_or_path": tiny_model_dir}}))
-    assert resolve_anchor_path(ContinualAlignArguments(), str(adjusted)) == tiny_model_dir
-    assert resolve_anchor_path(ContinualAlignArguments(anchor_model_name_or_path="x"), str(adjusted)) == "x"
+    assert resolve_anchor_path(str(adjusted)) == tiny_model_dir
+    assert resolve_anchor_path(str(adjusted), "x") == "x"
 
     write_aligned_pairs(str(tmp_path / "aligned_pairs.jsonl"), side.pairs)
     cont = ContinualAlignArguments(aligned_pairs=str(tmp_path / "aligned_pairs.jsonl"), align_weight=0.02)

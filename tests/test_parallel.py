@@ -1,11 +1,11 @@
 """Parallel corpus reading: both input formats, line endings, every bad-input error, skip mode, sampling."""
-import random
 
 import pytest
-
 from conftest import FIXTURES, fixture_lines
+
+from hf_xladjust.alignment.parallel import ParallelCorpus, read_parallel, sample_corpus
 from hf_xladjust.errors import InputError
-from hf_xladjust.parallel import ParallelCorpus, read_parallel, sample_corpus
+from hf_xladjust.sampling import subsample_indices
 
 
 def write(path, text):
@@ -14,12 +14,12 @@ def write(path, text):
 
 
 def two_files(tmp_path, src_lines, tgt_lines):
-    return (write(tmp_path / "src.txt", "".join(l + "\n" for l in src_lines)),
-            write(tmp_path / "tgt.txt", "".join(l + "\n" for l in tgt_lines)))
+    return (write(tmp_path / "src.txt", "".join(ln + "\n" for ln in src_lines)),
+            write(tmp_path / "tgt.txt", "".join(ln + "\n" for ln in tgt_lines)))
 
 
 def joint(tmp_path, lines, name="train.txt"):
-    return write(tmp_path / name, "".join(l + "\n" for l in lines))
+    return write(tmp_path / name, "".join(ln + "\n" for ln in lines))
 
 
 def raises_at(path, line, fn, *args, **kwargs):
@@ -37,8 +37,8 @@ def test_two_files_and_joint_file_give_the_same_corpus(tmp_path):
     a = read_parallel(str(FIXTURES / "en.txt"), str(FIXTURES / "es.txt"))
     b = read_parallel(train_file=joint(tmp_path, [f"{s} ||| {t}" for s, t in zip(en, es)]))
     assert len(a) == len(b) == 12
-    assert a.src == b.src == [l.split() for l in en]
-    assert a.tgt == b.tgt == [l.split() for l in es]
+    assert a.src == b.src == [ln.split() for ln in en]
+    assert a.tgt == b.tgt == [ln.split() for ln in es]
     assert a.line_numbers == b.line_numbers == list(range(1, 13))
     assert a.skipped == b.skipped == {}
     assert a.source_path.endswith("en.txt") and a.target_path.endswith("es.txt")
@@ -140,7 +140,7 @@ def test_sampling_is_seeded_deterministic_and_file_ordered():
     a, b, c = sample_corpus(corpus, 10, 1), sample_corpus(corpus, 10, 1), sample_corpus(corpus, 10, 2)
     assert a.src == b.src and a.line_numbers == b.line_numbers
     assert a.src != c.src
-    expected = sorted(random.Random(1).sample(range(100), 10))
+    expected = subsample_indices(100, 10, 1)
     assert a.src == [[f"s{k}"] for k in expected] and a.tgt == [[f"t{k}"] for k in expected]
     assert a.line_numbers == [k + 3 for k in expected] == sorted(a.line_numbers)
     assert a.skipped == {"empty_side": 1} and len(a) == 10
@@ -154,3 +154,10 @@ def test_sampling_no_op_and_subset():
         sample_corpus(corpus, 0, 0)
     sub = corpus.subset([4, 1])
     assert sub.src == [["s4"], ["s1"]] and sub.line_numbers == [7, 4] and sub.source_path == "s"
+
+
+def test_subsample_indices_is_one_draw_for_every_caller():
+    idx = subsample_indices(100, 10, 1)
+    assert len(set(idx)) == 10 and idx == sorted(idx) and all(0 <= i < 100 for i in idx)
+    assert subsample_indices(100, 10, 1) == idx and subsample_indices(100, 10, 2) != idx
+    assert subsample_indices(5, None, 0) == subsample_indices(5, 9, 0) == [0, 1, 2, 3, 4]

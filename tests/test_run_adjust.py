@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, build_tiny_model, fixture_lines, free_port, independent_pull_mse
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from conftest import FIXTURES, build_tiny_model, fixture_lines, free_port, independent_pull_mse
-from hf_xladjust.aligned_data import read_aligned_pairs
+from hf_xladjust.alignment.pairs import read_aligned_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "aligned_pairs.jsonl",

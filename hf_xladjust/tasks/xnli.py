@@ -7,14 +7,14 @@ or the hypothesis (chosen by a seeded RNG) with the English original of the same
 kept with the example so that it can be written next to the prediction.
 """
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from hf_xladjust.errors import InputError
+from hf_xladjust.files import atomic_write
 
 LABELS = ("entailment", "neutral", "contradiction")
 LABEL2ID = {label: i for i, label in enumerate(LABELS)}
@@ -196,8 +196,7 @@ def write_predictions(path: str, examples: Sequence[NLIExample], preds: Sequence
     `preds` are our label ids. Returns the accuracy."""
     if len(preds) != len(examples):
         raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for i, (ex, pred) in enumerate(zip(examples, preds)):
             record = {"id": ex.id, "gold": LABELS[ex.label], "pred": LABELS[int(pred)],
                       "correct": int(pred) == ex.label}
@@ -206,7 +205,6 @@ def write_predictions(path: str, examples: Sequence[NLIExample], preds: Sequence
             if isinstance(ex, MixedNLIExample):
                 record["english_side"] = ex.english_side
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return accuracy(preds, [ex.label for ex in examples])
 
 

@@ -1,12 +1,12 @@
 """Stage 1: `AdjustTrainer`, a Trainer whose loss is the alignment loss (Eq. 1), and its config."""
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
-from .alignment_loss import AlignmentLoss
-from .compat import ga_corrected_loss, rng_state_load_context
+from hf_xladjust.alignment.loss import AlignmentLoss
+from hf_xladjust.compat import ga_corrected_loss
+from hf_xladjust.trainers.base import MetricsLoggingTrainer
 
 
 @dataclass
@@ -31,7 +31,7 @@ class AdjustTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log loss, align_loss and anchor_loss this often."})
 
 
-class AdjustTrainer(Trainer):
+class AdjustTrainer(MetricsLoggingTrainer):
     """Trains an encoder on the alignment loss. `compute_loss` returns Eq. 1 and records its two
     terms, which `log()` averages over the logging window and reports next to `loss`."""
 
@@ -44,7 +44,6 @@ class AdjustTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.alignment_loss = alignment_loss
-        self._metrics = defaultdict(list)
         if self.args.remove_unused_columns:
             raise ValueError("AdjustTrainer needs remove_unused_columns=False (its batches are not model inputs)")
 
@@ -54,26 +53,12 @@ class AdjustTrainer(Trainer):
             out = self.alignment_loss(model, inputs)
         mode = "train" if model.training else "eval"
         for key in ("align_loss", "anchor_loss"):
-            self._metrics[(mode, key)].append(out[key])
+            self.record_metric(key, out[key], mode)
         loss = ga_corrected_loss(self, out["loss"], num_items_in_batch) if model.training else out["loss"]
         return (loss, out) if return_outputs else loss
-
-    def _load_rng_state(self, checkpoint):
-        with rng_state_load_context():  # transformers < 4.47 with torch 2.6+
-            return super()._load_rng_state(checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
-
-    def log(self, logs, *args, **kwargs):
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        for (m, key), values in list(self._metrics.items()):
-            if m == mode and values:
-                value = torch.stack(values).mean()
-                logs[prefix + key] = self.accelerator.reduce(value, reduction="mean").item()
-                values.clear()
-        super().log(logs, *args, **kwargs)

@@ -33,31 +33,32 @@ every rank draws its own batches, and a resumed run continues the same stream wi
 """
 import json
 import logging
-import os
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, PreTrainedModel, Trainer
+from transformers import AutoConfig, Trainer
 
-from .aligned_data import (
+from hf_xladjust.alignment.anchor import load_anchor_model, resolve_anchor_path
+from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, encoder_of
+from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
     AlignedPairDataset,
     AlignmentDataArguments,
     build_aligned_pairs,
     read_aligned_pairs,
 )
-from .alignment_loss import AlignmentLoss, AlignmentLossArguments, encoder_of
-from .compat import accumulation_steps, ga_corrected_loss, rng_state_load_context, trainer_divides_by_ga
+from hf_xladjust.compat import accumulation_steps, ga_corrected_loss, trainer_divides_by_ga
+from hf_xladjust.sampling import subsample_indices
+from hf_xladjust.trainers.base import MetricsLoggingTrainer
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ContinualAlignArguments:
-    """Continual alignment during fine-tuning (DESIGN 1.3); parsed by every run_*_xl.py. Aligner and
+    """Continual alignment during fine-tuning; parsed by every run_*_xl.py. Aligner and
     link options come from `AlignmentDataArguments`, pooling/layer/anchor weight from
     `AlignmentLossArguments`."""
 
@@ -114,8 +115,7 @@ def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentD
     if cont_args.aligned_pairs:
         pairs = read_aligned_pairs(cont_args.aligned_pairs)
         if data_args.max_sentences and len(pairs) > data_args.max_sentences:
-            keep = np.sort(np.random.default_rng(seed).choice(len(pairs), data_args.max_sentences, replace=False))
-            pairs = [pairs[i] for i in keep]
+            pairs = [pairs[i] for i in subsample_indices(len(pairs), data_args.max_sentences, seed)]
         logger.info("Continual alignment: %d aligned sentence pairs from %s", len(pairs), cont_args.aligned_pairs)
     else:
         pairs, stats = build_aligned_pairs(data_args, cont_args.align_source_file, cont_args.align_target_file,
@@ -125,31 +125,6 @@ def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentD
     if data_args.align_max_length:
         max_length = min(max_length, data_args.align_max_length)
     return AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
-
-
-def load_anchor_model(path: str, device=None, **kwargs) -> PreTrainedModel:
-    """f0: the bare encoder at `path` (`AutoModel`), in eval mode, without gradients."""
-    model = AutoModel.from_pretrained(path, **kwargs)
-    model.eval().requires_grad_(False)
-    return model.to(device) if device is not None else model
-
-
-def resolve_anchor_path(cont_args: ContinualAlignArguments, model_name_or_path: str) -> str:
-    """f0 is the ORIGINAL model (DESIGN 1.3): `--anchor_model_name_or_path` if given; otherwise, when the
-    model is a run_adjust.py output, the model that adjustment started from (followed back through
-    run_args.json); otherwise the model itself."""
-    if cont_args.anchor_model_name_or_path:
-        return cont_args.anchor_model_name_or_path
-    path, seen = model_name_or_path, set()
-    while os.path.isfile(os.path.join(path, "run_args.json")) and path not in seen:
-        seen.add(path)
-        with open(os.path.join(path, "run_args.json"), encoding="utf-8") as f:
-            origin = (json.load(f).get("model") or {}).get("model_name_or_path")
-        if not origin:
-            break
-        logger.info("Anchor model f0: %s was adjusted from %s", path, origin)
-        path = origin
-    return path
 
 
 def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments,
@@ -169,14 +144,14 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
     needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
     anchor = None
     if needs_f0:
-        anchor_path = resolve_anchor_path(cont_args, model_name_or_path)
+        anchor_path = resolve_anchor_path(model_name_or_path, cont_args.anchor_model_name_or_path)
         logger.info("Anchor model f0: %s", anchor_path)
         anchor = load_anchor_model(anchor_path, **model_kwargs)
     loss = AlignmentLoss.from_args(loss_args, anchor_model=anchor, align_weight=cont_args.align_weight)
     return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size}
 
 
-class ContinualAlignTrainer(Trainer):
+class ContinualAlignTrainer(MetricsLoggingTrainer):
     """A `Trainer` whose training loss adds, once per optimisation step, the alignment loss of a side
     batch of aligned pairs (Eq. 2). `align_loss` and `anchor_loss` (unweighted, averaged over the
     logging window and the processes) are logged next to `loss`, which is the whole objective.
@@ -212,7 +187,6 @@ class ContinualAlignTrainer(Trainer):
             alignment_loss.anchor_model.to(self.args.device)
         self._side_done = (None, None)  # (TrainerState, global_step) whose side batch has been added
         self._task_scaling_checked = not self.check_task_loss_scaling
-        self._metrics = defaultdict(list)
 
     # ---- side batches ----
     def _side_indices(self, step: int) -> List[int]:
@@ -291,18 +265,5 @@ class ContinualAlignTrainer(Trainer):
         scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else ga
         loss = task_loss.float() + side["loss"] * scale
         for key in ("align_loss", "anchor_loss"):
-            self._metrics[key].append(side[key])
+            self.record_metric(key, side[key])
         return (loss, outputs) if return_outputs else loss
-
-    def _load_rng_state(self, checkpoint):
-        with rng_state_load_context():  # transformers < 4.47 with torch 2.6+
-            return super()._load_rng_state(checkpoint)
-
-    def log(self, logs, *args, **kwargs):
-        if not any(k.startswith("eval_") or k.startswith("test_") for k in logs):
-            for key, values in self._metrics.items():
-                if values:
-                    value = torch.stack(values).mean()
-                    logs[key] = self.accelerator.reduce(value, reduction="mean").item()
-                    values.clear()
-        super().log(logs, *args, **kwargs)

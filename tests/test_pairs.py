@@ -1,8 +1,14 @@
 """Link filters, statistics and the aligned_pairs.jsonl round trip."""
 import pytest
 
-from hf_xladjust.aligned_data import (AlignedPair, AlignmentDataArguments, filter_links, filter_pairs,
-                                      read_aligned_pairs, write_aligned_pairs)
+from hf_xladjust.alignment.pairs import (
+    AlignedPair,
+    AlignmentDataArguments,
+    filter_links,
+    filter_pairs,
+    read_aligned_pairs,
+    write_aligned_pairs,
+)
 from hf_xladjust.errors import InputError
 
 

@@ -6,14 +6,14 @@ so the model side can pool subwords into words with one scatter over the whole b
 """
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .errors import InputError
+from hf_xladjust.errors import InputError
+from hf_xladjust.files import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def filter_links(src: Sequence[str], tgt: Sequence[str], links: Links, one_to_on
 def filter_pairs(src_sents, tgt_sents, links, args: AlignmentDataArguments) -> Tuple[List[AlignedPair], Dict]:
     """Turn aligned sentences into the training pairs and the statistics of what each filter removed."""
     counts = {"sentences_read": len(src_sents), "sentences_too_long": 0, "sentences_without_links": 0,
-              "links_read": sum(len(l) for l in links), "links_not_one_to_one": 0, "links_identical_words": 0}
+              "links_read": sum(len(ln) for ln in links), "links_not_one_to_one": 0, "links_identical_words": 0}
     pairs = []
     for src, tgt, sent_links in zip(src_sents, tgt_sents, links):
         if args.max_words and (len(src) > args.max_words or len(tgt) > args.max_words):
@@ -110,8 +110,8 @@ def filter_pairs(src_sents, tgt_sents, links, args: AlignmentDataArguments) -> T
 def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_file=None, train_file=None,
                         seed: int = 42, cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
     """Read a parallel corpus, sample it, word-align it (or read --alignment_file) and filter the links."""
-    from .aligners import align_corpus
-    from .parallel import read_parallel, sample_corpus
+    from hf_xladjust.alignment.aligners import align_corpus
+    from hf_xladjust.alignment.parallel import read_parallel, sample_corpus
 
     corpus = read_parallel(source_file, target_file, train_file, skip_bad_lines=args.skip_bad_lines)
     if args.aligner == "pharaoh":
@@ -122,7 +122,8 @@ def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_f
         links = [by_line[n] for n in sample.line_numbers]
     else:
         sample = sample_corpus(corpus, args.max_sentences, seed)
-        symmetrization = args.symmetrization or ("grow-diag-final-and" if args.aligner == "fast_align" else "intersect")
+        default = "grow-diag-final-and" if args.aligner == "fast_align" else "intersect"
+        symmetrization = args.symmetrization or default
         links = align_corpus(sample.src, sample.tgt, args.aligner, symmetrization, seed=seed,
                              cache_dir=cache_dir)
     pairs, stats = filter_pairs(sample.src, sample.tgt, links, args)
@@ -133,12 +134,7 @@ def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_f
 
 
 def write_aligned_pairs(path: str, pairs: Sequence[AlignedPair]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps({"src": p.src, "tgt": p.tgt, "links": [list(l) for l in p.links]},
-                               ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, ({"src": p.src, "tgt": p.tgt, "links": [list(link) for link in p.links]} for p in pairs))
 
 
 def read_aligned_pairs(path: str) -> List[AlignedPair]:
@@ -150,7 +146,7 @@ def read_aligned_pairs(path: str) -> List[AlignedPair]:
                 raise InputError("empty line", path, line_no)
             try:
                 rec = json.loads(line)
-                src, tgt, links = rec["src"], rec["tgt"], [tuple(l) for l in rec["links"]]
+                src, tgt, links = rec["src"], rec["tgt"], [tuple(ln) for ln in rec["links"]]
             except (ValueError, KeyError, TypeError) as e:
                 raise InputError(f"not an aligned pair record ({e})", path, line_no) from None
             for i, j in links:
@@ -255,7 +251,8 @@ class AlignedPairCollator:
     """Pads a list of features and turns per-sentence slots into batch-global slot indices.
 
     Output keys: `{src,tgt}_input_ids`, `{src,tgt}_attention_mask`, `{src,tgt}_token_slot` (-1 on
-    padding and on a word cut by truncation), `{src,tgt}_num_slots` (int), `src_link_slots`/`tgt_link_slots` (one entry per link)."""
+    padding and on a word cut by truncation), `{src,tgt}_num_slots` (int),
+    `src_link_slots`/`tgt_link_slots` (one entry per link)."""
 
     pad_token_id: int
 
@@ -275,8 +272,8 @@ class AlignedPairCollator:
             batch[f"{side}_num_slots"] = int(counts.sum())
         links = [f["links"] for f in features]
         batch["src_link_slots"] = torch.as_tensor(
-            np.concatenate([l[:, 0] + off for l, off in zip(links, offsets["src"])]), dtype=torch.long)
+            np.concatenate([ln[:, 0] + off for ln, off in zip(links, offsets["src"])]), dtype=torch.long)
         batch["tgt_link_slots"] = torch.as_tensor(
-            np.concatenate([l[:, 1] + off for l, off in zip(links, offsets["tgt"])]), dtype=torch.long)
+            np.concatenate([ln[:, 1] + off for ln, off in zip(links, offsets["tgt"])]), dtype=torch.long)
         return batch
 

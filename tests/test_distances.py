@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import fixture_lines
-from hf_xladjust.aligned_data import AlignedPair, write_aligned_pairs
-from hf_xladjust.analysis import (
+
+from hf_xladjust.alignment.pairs import AlignedPair, write_aligned_pairs
+from hf_xladjust.evaluation.distances import (
     KINDS,
     WordDistanceEvaluator,
     distance_auc,
@@ -46,7 +46,7 @@ def test_word_pair_samples():
     # Unrelated: never the same sentence pair, nor a copy of it; the target word is a linked one.
     assert (unrelated[:, 0] != unrelated[:, 2]).all()
     assert not any(pairs[s].tgt == pairs[t].tgt or pairs[s].src == pairs[t].src for s, _, t, _ in unrelated)
-    assert all(any(j == l[1] for l in pairs[t].links) for _, _, t, j in unrelated)
+    assert all(any(j == ln[1] for ln in pairs[t].links) for _, _, t, j in unrelated)
     assert (unrelated[:, :2] == related[:, :2]).all()  # the same source words as the related set
     # Hard control: same sentence pair, another linked target word, never a link itself.
     assert len(hard) > 0 and (hard[:, 0] == hard[:, 2]).all()
@@ -99,7 +99,7 @@ def test_cli_writes_png_and_json(tiny_model_dir, tmp_path, capsys):
     pairs_file = tmp_path / "aligned_pairs.jsonl"
     write_aligned_pairs(str(pairs_file), _diagonal_pairs())
     out = tmp_path / "out"
-    rc = main(["distances", "--model", f"original={tiny_model_dir}", "--model", f"finetuned={task_dir}",
+    rc = main(["--model", f"original={tiny_model_dir}", "--model", f"finetuned={task_dir}",
                "--pairs", str(pairs_file), "--output_dir", str(out), "--max_sentences", "10", "--seed", "1"])
     assert rc == 0
     assert (out / "distances.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -111,7 +111,8 @@ def test_cli_writes_png_and_json(tiny_model_dir, tmp_path, capsys):
         assert keys <= set(m)
         assert 0.0 <= m["auc_unrelated"] <= 1.0
     assert report["counts"]["sentence_pairs"] == 10
-    assert report["counts"]["related"] == report["counts"]["unrelated"] == report["models"]["original"]["related_count"]
+    counts = report["counts"]
+    assert counts["related"] == counts["unrelated"] == report["models"]["original"]["related_count"]
     a, b = report["models"]["original"], report["models"]["finetuned"]
     assert a["unrelated_mean"] != pytest.approx(b["unrelated_mean"])  # the task encoder's weights were used
     arrays = np.load(out / "distances.npz")

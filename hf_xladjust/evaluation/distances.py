@@ -18,15 +18,13 @@ from unrelated and from hard-control pairs; the distances stay on the evaluator 
 
 CLI (histograms as PNG plus JSON, for up to five model states)::
 
-    python -m hf_xladjust.analysis distances --model original=PATH --model adjusted=PATH \\
+    python -m hf_xladjust.evaluation.distances --model original=PATH --model adjusted=PATH \\
         (--pairs aligned_pairs.jsonl | --train_file pairs.txt | --source_file F --target_file F) \\
         --output_dir OUT [--max_sentences N] [--seed S]
 """
-import json
 import logging
 import math
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -34,7 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .aligned_data import (
+from hf_xladjust.alignment.loss import POOLINGS, encoder_of, pair_word_vectors
+from hf_xladjust.alignment.pairs import (
     AlignedPair,
     AlignedPairCollator,
     AlignedPairDataset,
@@ -42,8 +41,9 @@ from .aligned_data import (
     build_aligned_pairs,
     read_aligned_pairs,
 )
-from .alignment_loss import POOLINGS, encoder_of, pair_word_vectors
-from .errors import InputError
+from hf_xladjust.errors import InputError
+from hf_xladjust.files import write_json
+from hf_xladjust.sampling import subsample_indices
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def sample_word_pairs(pairs: Sequence[AlignedPair], seed: int = 42) -> Dict[str,
     rng = np.random.default_rng(seed)
     n_links = np.array([len(p.links) for p in pairs], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(n_links)[:-1]]).astype(np.int64)
-    links = np.array([l for p in pairs for l in p.links], dtype=np.int64).reshape(-1, 2)
+    links = np.array([ln for p in pairs for ln in p.links], dtype=np.int64).reshape(-1, 2)
     if len(links) == 0:
         raise ValueError("the aligned sentence pairs have no links")
     sent = np.repeat(np.arange(len(pairs)), n_links)
@@ -357,9 +357,7 @@ def load_pairs(args: DistanceAnalysisArguments,
     if args.pairs:
         pairs = read_aligned_pairs(args.pairs)
         n = len(pairs)
-        if data_args.max_sentences and data_args.max_sentences < n:
-            keep = sorted(random.Random(args.seed).sample(range(n), data_args.max_sentences))
-            pairs = [pairs[i] for i in keep]
+        pairs = [pairs[i] for i in subsample_indices(n, data_args.max_sentences, args.seed)]
         pairs = [p for p in pairs if p.links]
         if not pairs:
             raise InputError("no aligned pair with a link", args.pairs)
@@ -373,7 +371,7 @@ def build_parser():
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser((DistanceAnalysisArguments, AlignmentDataArguments),
-                              prog="python -m hf_xladjust.analysis distances",
+                              prog="python -m hf_xladjust.evaluation.distances",
                               description="L2 distances of related vs unrelated word vectors (Fig. 1), "
                                           "for up to five model states.")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
@@ -409,8 +407,7 @@ def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArgum
                            "max_sentences": data_args.max_sentences},
               "data": source}
     json_path = os.path.join(args.output_dir, "distances.json")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False, default=str)
+    write_json(json_path, report, default=str)
     arrays = {f"{name}/{kind}": d for name, dd in distances.items() for kind, d in dd.items()}
     arrays.update({f"word_pairs/{kind}": rows for kind, rows in evaluator.word_pairs.items()})
     np.savez_compressed(os.path.join(args.output_dir, "distances.npz"), **arrays)
@@ -421,17 +418,11 @@ def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArgum
     return report
 
 
-USAGE = "usage: python -m hf_xladjust.analysis distances --model NAME=PATH [--model ...] ... (-h for help)"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "distances":
-        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
     parser = build_parser()
     try:
-        args, data_args, rest = parser.parse_args_into_dataclasses(argv[1:])
+        args, data_args, rest = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:  # a __post_init__ check
         parser.error(str(e))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
@@ -439,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run_distances(args, data_args, rest.model)
     except (InputError, ValueError) as e:
-        print(f"hf_xladjust.analysis: error: {e}", file=sys.stderr)
+        print(f"hf_xladjust.evaluation.distances: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,13 +7,13 @@ line by line, so that an undecodable byte is reported with its line number.
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .errors import InputError
+from hf_xladjust.errors import InputError
+from hf_xladjust.sampling import subsample_indices
 
 logger = logging.getLogger(__name__)
 
@@ -190,14 +190,12 @@ def _read_joint(path: str, encoding: str) -> List[_Pair]:
 
 
 def sample_corpus(corpus: ParallelCorpus, max_sentences: Optional[int], seed: int) -> ParallelCorpus:
-    """``max_sentences`` pairs drawn with ``random.Random(seed).sample`` and kept in file order.
+    """``max_sentences`` pairs drawn with `subsample_indices` and kept in file order.
 
     Returns ``corpus`` itself when ``max_sentences`` is None or not smaller than the corpus.
     """
     if max_sentences is None or max_sentences >= len(corpus):
         return corpus
-    if max_sentences <= 0:
-        raise ValueError(f"max_sentences must be positive, got {max_sentences}")
-    indices = sorted(random.Random(seed).sample(range(len(corpus)), max_sentences))
+    indices = subsample_indices(len(corpus), max_sentences, seed)
     logger.info("sampled %d of %d sentence pairs (seed %d)", max_sentences, len(corpus), seed)
     return corpus.subset(indices)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import fixture_lines
 from transformers import AutoConfig, BertConfig
 
-from conftest import fixture_lines
 from hf_xladjust.errors import InputError
-from hf_xladjust.nli_data import (
+from hf_xladjust.tasks.xnli import (
     LABELS,
     MixedNLIExample,
     NLIExample,
@@ -125,7 +125,7 @@ def test_mixed_language_needs_parallel_files():
 def test_model_labels():
     config = BertConfig()  # a bare encoder: LABEL_0, LABEL_1
     assert model_label_ids(config, "enc") == [0, 1, 2]
-    assert config.id2label == dict(enumerate(LABELS)) and config.label2id == {l: i for i, l in enumerate(LABELS)}
+    assert config.id2label == dict(enumerate(LABELS)) and config.label2id == {ln: i for i, ln in enumerate(LABELS)}
     assert config.num_labels == 3
     mnli = BertConfig(id2label={0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"},
                       architectures=["BertForSequenceClassification"])
@@ -186,7 +186,7 @@ def check_outputs(out, splits_and_sets):
     results = json.loads((out / "all_results.json").read_text())
     for split, names in splits_and_sets.items():
         for name in names:
-            records = [json.loads(l) for l in (out / f"predictions_{split}_{name}.jsonl").read_text().splitlines()]
+            records = [json.loads(ln) for ln in (out / f"predictions_{split}_{name}.jsonl").read_text().splitlines()]
             assert len(records) == results[f"{split}_{name}_samples"]
             assert [r["id"] for r in records] == list(range(len(records)))
             assert results[f"{split}_{name}_accuracy"] == pytest.approx(
@@ -211,7 +211,7 @@ def test_run_glue_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     assert results["test_es_samples"] == 12 and results["eval_ru_samples"] == 9 and results["train_samples"] == 24
     assert "test_mixed_en_accuracy" not in results
     config = AutoConfig.from_pretrained(out)
-    assert config.id2label == dict(enumerate(LABELS)) and config.label2id == {l: i for i, l in enumerate(LABELS)}
+    assert config.id2label == dict(enumerate(LABELS)) and config.label2id == {ln: i for i, ln in enumerate(LABELS)}
     # each mixed example records which side is English; its gold label is that of the English line
     en = read_xnli_tsv(test_pattern.format(lang="en"))
     for line in (out / "predictions_test_mixed_es.jsonl").read_text().splitlines():
@@ -231,7 +231,10 @@ def test_run_glue_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     run_main(monkeypatch, "--model_name_or_path", out, "--dataset_name", "xnli", "--eval_languages", "es",
              "--mixed_language_eval", "--do_predict", "--max_predict_samples", "5", "--output_dir", again)
     check_outputs(again, {"test": ["en", "es", "mixed_es"]})
-    sides = lambda path: [json.loads(l)["english_side"] for l in path.read_text().splitlines()]
+
+    def sides(path):
+        return [json.loads(ln)["english_side"] for ln in path.read_text().splitlines()]
+
     assert sides(again / "predictions_test_mixed_es.jsonl") == sides(out / "predictions_test_mixed_es.jsonl")[:5]
 
 
@@ -266,7 +269,7 @@ def test_run_glue_xl_model_with_other_labels(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_run_glue_xl_continual(tmp_path, tiny_model_dir, monkeypatch):
-    from hf_xladjust.aligned_data import AlignedPair, write_aligned_pairs
+    from hf_xladjust.alignment.pairs import AlignedPair, write_aligned_pairs
 
     pairs = [AlignedPair(e.split(), s.split(), [(k, k) for k in range(min(len(e.split()), len(s.split())))])
              for e, s in zip(fixture_lines("en"), fixture_lines("es"))]
@@ -293,7 +296,7 @@ def test_run_glue_xl_on_shared_xnli(tmp_path, tiny_model_dir, shared_data, monke
     the first 40 test pairs of every language plus the mixed sets; plain and continual fine-tuning."""
     xnli = shared_data / "xnli"
     langs = ("es", "ru", "vi", "hi")
-    sets = ["en", *langs, *(f"mixed_{l}" for l in langs)]
+    sets = ["en", *langs, *(f"mixed_{ln}" for ln in langs)]
     common = ("--model_name_or_path", tiny_model_dir, "--train_file", xnli / "dev-en.tsv",
               "--max_train_samples", "200", "--test_file_pattern", str(xnli / "test-{lang}.tsv"),
               "--max_predict_samples", "40", "--mixed_language_eval", "--do_train", "--do_predict",
@@ -315,8 +318,8 @@ def test_run_glue_xl_on_shared_xnli(tmp_path, tiny_model_dir, shared_data, monke
         for lang in langs:  # the recorded choices are those of the seeded construction on the real files
             target = read_xnli_tsv(str(xnli / f"test-{lang}.tsv"))[:40]
             expected = [m.english_side for m in build_mixed_language(target, english, seed=42)]
-            got = [json.loads(l)["english_side"]
-                   for l in (out / f"predictions_test_mixed_{lang}.jsonl").read_text().splitlines()]
+            got = [json.loads(ln)["english_side"]
+                   for ln in (out / f"predictions_test_mixed_{lang}.jsonl").read_text().splitlines()]
             assert got == expected
         logged = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
         assert logged and all(("align_loss" in h) == (run == "cont") for h in logged)

@@ -30,8 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .errors import InputError
-from .parallel import decode_line, read_lines
+from hf_xladjust.alignment.parallel import decode_line, read_lines
+from hf_xladjust.errors import InputError
+from hf_xladjust.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -163,15 +164,8 @@ def write_pharaoh(path, links: Iterable[Iterable[Tuple[int, int]]]) -> None:
     """Write one line of sorted ``i-j`` links per sentence pair, atomically (temp file + rename)."""
     path = Path(path)
     text = "".join(" ".join(f"{int(i)}-{int(j)}" for i, j in sorted(sent)) + "\n" for sent in links)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(str(path)) as f:
+        f.write(text)
 
 
 # --- symmetrisation -----------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""What every run_*.py script shares: the model arguments, logging set-up, the record of its arguments
+and its one-line error exit."""
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hf_xladjust.errors import InputError
+from hf_xladjust.files import write_json
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer to start from (the fields of the HF examples)."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub name or local folder of the (adjusted) encoder."})
+    config_name: Optional[str] = field(default=None, metadata={"help": "Config, if not the model's."})
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers) tokenizer."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models or datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub repository."})
+
+
+def setup_logging(training_args, logger: logging.Logger) -> None:
+    """The HF examples' logging set-up: stdout, the process's log level for transformers, datasets,
+    this package and the script's own logger."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logging.getLogger("hf_xladjust").setLevel(log_level)
+
+
+def write_run_args(output_dir: str, **sections) -> None:
+    """Write `run_args.json`: each section a dataclass of parsed arguments (TrainingArguments
+    included) or a plain value, so a run can be repeated and traced back (e.g. to its f0)."""
+    def plain(value):
+        if hasattr(value, "to_dict"):
+            return value.to_dict()
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    write_json(os.path.join(output_dir, "run_args.json"),
+               {name: plain(value) for name, value in sections.items()}, default=str)
+
+
+def run_main(main) -> None:
+    """Run a script's `main()`; bad input ends it with one line naming file and line, exit status 1."""
+    try:
+        main()
+    except InputError as err:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")

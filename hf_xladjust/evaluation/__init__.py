@@ -1,0 +1,1 @@
+"""Metrics and evaluators: task scores, word-distance analysis, sentence retrieval."""

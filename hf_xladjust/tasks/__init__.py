@@ -1,0 +1,1 @@
+"""Task data: reading, preprocessing and post-processing for XNLI, WikiANN NER and QA."""

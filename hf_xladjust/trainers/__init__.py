@@ -1,0 +1,1 @@
+"""Trainer subclasses: stage-1 adjustment and continual alignment during fine-tuning."""
