@@ -1,0 +1,534 @@
+"""The paper's result tables from a results folder: means over seeds with significance marks.
+
+    python -m hf_xladjust.report RESULTS_DIR [--tasks nli ner qa xsr] [--languages es ru vi hi] \\
+        [--seeds 0 1 2] [--split test] [--output_dir DIR] [--report_to wandb]
+
+Reads the per-example prediction files that the run_*.py scripts write, in the folders of the
+experiment grid: `RESULTS/{task}/{regime}/{lang}/seed{n}/predictions_{split}_{set}.jsonl` (retrieval:
+`predictions_{set}.jsonl`), task in nli/ner/qa/xsr, regime in original/adjusted/adjusted_cont/original_cont.
+A language folder contributes the sets whose name (split on `_` and `-`) contains its language code,
+plus English-only sets (reported as `en (lang)`: the English score of that folder's model), so an
+`original` folder shared by all languages (one model evaluated on every language) is read correctly.
+
+One table per task, in the shape of the paper's Tables 2-5: rows Original / Adjusted / Adj + cont
+(and Orig + cont when present), one column per evaluation set, each cell the mean over seeds of the
+set's metric (x100) with `*` (significantly different from Original) and `**` (from Adjusted),
+p < 0.05:
+
+* nli: accuracy; paired t-test on per-example correctness averaged over seeds;
+* qa: F1 / EM (each marked); paired t-tests on per-question F1 and EM averaged over seeds;
+* xsr: MRR at the best layer, shown as `(Lk)`: one layer per model state (regime, language, set), the
+  one with the highest MRR averaged over seeds; paired t-test on per-query reciprocal ranks at that
+  layer averaged over seeds; acc@1 at that layer in the JSON;
+* ner: token-level micro F1; paired permutation test over the concatenated sentences of all seeds
+  (seed s of one regime paired with seed s of the other), re-scoring F1 on each permutation.
+
+Writes `report.md` (all tables), `{task}.md` and `{task}.csv`, and `report.json` with every mean,
+standard deviation over seeds (ddof=1), per-seed value and p-value.
+"""
+import csv
+import io
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hf_xladjust.errors import InputError
+from hf_xladjust.files import atomic_write, write_json
+from hf_xladjust.statistics import (
+    ALPHA,
+    N_RESAMPLES,
+    best_layer,
+    f1_from_counts,
+    local_token_counts,
+    paired_ttest,
+    permutation_test_f1,
+    reciprocal_rank_by_layer,
+    sample_std,
+    significance_marks,
+)
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("nli", "ner", "qa", "xsr")
+REGIMES = ("original", "adjusted", "adjusted_cont", "original_cont")
+ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_cont": "Adj + cont",
+              "original_cont": "Orig + cont"}
+# Which regimes each row is tested against: `*` vs Original, `**` vs Adjusted.
+BASELINES = ("original", "adjusted")
+TITLES = {"nli": "NLI: accuracy", "ner": "NER: token-level F1", "qa": "QA: F1 / EM",
+          "xsr": "XSR: MRR at the best layer (Lk)"}
+# Metrics shown in a cell, in order; the JSON has these and the extra ones.
+SHOWN = {"nli": ("accuracy",), "ner": ("f1",), "qa": ("f1", "em"), "xsr": ("mrr",)}
+TESTS = {"nli": "paired t-test on per-example correctness averaged over seeds",
+         "qa": "paired t-tests on per-question F1 and EM averaged over seeds",
+         "xsr": "paired t-test on per-query reciprocal rank (at each state's best layer) averaged over seeds",
+         "ner": "paired permutation test over the sentences of all seeds, re-scoring F1"}
+DEFAULT_LANGUAGES = ("es", "ru", "vi", "hi")
+# Language codes (XTREME's 40) used to tell an English-only set from one about another language.
+LANGUAGE_CODES = frozenset(
+    "af ar bg bn de el en es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr ms my nl pt ru sw ta te th tl "
+    "tr ur vi yo zh".split())
+SPLITS = ("train", "eval", "validation", "dev", "test", "predict")
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+_PRED_FILE = re.compile(r"^predictions_(.+)\.jsonl$")
+
+
+def _ner_counts_function() -> Callable:
+    """Per-sentence (tp, fp, fn) for token F1: the NER evaluation module's when it is installed."""
+    try:
+        from hf_xladjust.evaluation.tagging import counts
+    except ImportError:
+        return local_token_counts
+    return counts
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class Predictions:
+    """One prediction file: example ids (in file order) and the arrays the statistics need."""
+
+    path: str
+    ids: np.ndarray
+    values: Dict[str, np.ndarray]
+
+
+def _field(record: dict, name: str, path: str, line: int):
+    if name not in record:
+        raise InputError(f"record without {name!r}", path, line)
+    return record[name]
+
+
+def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None) -> Predictions:
+    """Read a `predictions_*.jsonl` file of `task`: nli `correct`; qa `f1`, `em` (fractions; a file on
+    the 0-100 scale, i.e. with a value above 1, is divided by 100); xsr `ranks` (1-based, one per
+    layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts)."""
+    counts_fn = counts_fn or _ner_counts_function()
+    ids, rows, seen = [], [], set()
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
+    with f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not a JSON object ({e.msg})", path, line_no) from None
+            if not isinstance(record, dict):
+                raise InputError("not a JSON object", path, line_no)
+            ex_id = str(_field(record, "id", path, line_no))
+            if ex_id in seen:
+                raise InputError(f"duplicate id {ex_id!r}", path, line_no)
+            seen.add(ex_id)
+            ids.append(ex_id)
+            if task == "nli":
+                value = _field(record, "correct", path, line_no)
+                if value not in (True, False, 0, 1):
+                    raise InputError(f"'correct' must be true or false, got {value!r}", path, line_no)
+                rows.append(float(value))
+            elif task == "qa":
+                pair = (_field(record, "f1", path, line_no), _field(record, "em", path, line_no))
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100 for v in pair):
+                    raise InputError(f"'f1' and 'em' must be numbers in [0, 1] or [0, 100], got {pair}", path, line_no)
+                rows.append(pair)
+            elif task == "xsr":
+                ranks = _field(record, "ranks", path, line_no)
+                if (not isinstance(ranks, list) or not ranks
+                        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks)):
+                    raise InputError("'ranks' must be a non-empty list of 1-based integer ranks", path, line_no)
+                if rows and len(ranks) != len(rows[0]):
+                    raise InputError(f"{len(ranks)} layers, but the first record has {len(rows[0])}", path, line_no)
+                rows.append(ranks)
+            elif task == "ner":
+                gold, pred = _field(record, "gold", path, line_no), _field(record, "pred", path, line_no)
+                if not isinstance(gold, list) or not isinstance(pred, list) or len(gold) != len(pred):
+                    raise InputError("'gold' and 'pred' must be tag lists of one length", path, line_no)
+                rows.append(tuple(counts_fn(gold, pred)))
+            else:
+                raise ValueError(f"unknown task {task!r}")
+    if not ids:
+        raise InputError("no predictions in the file", path)
+    values: Dict[str, np.ndarray]
+    if task == "nli":
+        values = {"correct": np.asarray(rows, dtype=np.float64)}
+    elif task == "qa":
+        arr = np.asarray(rows, dtype=np.float64)
+        if arr.max() > 1:
+            arr = arr / 100.0
+        values = {"f1": arr[:, 0], "em": arr[:, 1]}
+    elif task == "xsr":
+        values = {"ranks": np.asarray(rows, dtype=np.int64)}
+    else:
+        values = {"counts": np.asarray(rows, dtype=np.int64).reshape(-1, 3)}
+    return Predictions(path, np.asarray(ids), values)
+
+
+def align_to(reference: Predictions, other: Predictions) -> np.ndarray:
+    """Row order that puts `other`'s examples in `reference`'s order. Refuses files whose example ids
+    differ (different subsets would pair unrelated examples)."""
+    ref_order, other_order = np.argsort(reference.ids, kind="stable"), np.argsort(other.ids, kind="stable")
+    if len(reference.ids) != len(other.ids) or not np.array_equal(reference.ids[ref_order], other.ids[other_order]):
+        only_here = np.setdiff1d(other.ids, reference.ids)
+        only_there = np.setdiff1d(reference.ids, other.ids)
+        example = (only_here[:1].tolist() or only_there[:1].tolist() or ["?"])[0]
+        raise InputError(f"its example ids differ from those of {reference.path} ({len(other.ids)} vs "
+                         f"{len(reference.ids)} examples, {len(only_here)} ids only here, {len(only_there)} only "
+                         f"there, e.g. {example!r}): the two cannot be paired", other.path)
+    index = np.empty(len(other.ids), dtype=np.intp)
+    index[ref_order] = other_order
+    return index
+
+
+# ----------------------------------------------------------------------------- the results folder
+@dataclass(frozen=True)
+class Column:
+    """One table column: an evaluation set as seen from one language folder."""
+
+    lang: str
+    set_name: str
+    english: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.set_name} ({self.lang})" if self.english else self.set_name
+
+
+def set_tokens(set_name: str) -> List[str]:
+    return [t for t in re.split(r"[_-]", set_name) if t]
+
+
+def column_for(set_name: str, lang: str, languages: Sequence[str]) -> Optional[Column]:
+    """The column a set of language folder `lang` belongs to, or None when the set is about another
+    language (a shared `original` folder holds every language's files)."""
+    tokens = set(set_tokens(set_name))
+    if lang in tokens and lang != "en":
+        return Column(lang, set_name, False)
+    codes = (LANGUAGE_CODES | set(languages)) - {"en"}
+    if "en" in tokens and not tokens & codes:
+        return Column(lang, set_name, True)
+    return None
+
+
+def prediction_files(folder: str, task: str, split: str) -> Dict[str, str]:
+    """{set name: path} of the prediction files of `split` in one seed folder (retrieval files may
+    carry no split: `predictions_es.jsonl`)."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        m = _PRED_FILE.match(name)
+        if not m:
+            continue
+        stem = m.group(1)
+        if stem.startswith(split + "_"):
+            found[stem[len(split) + 1:]] = os.path.join(folder, name)
+        elif task == "xsr" and stem.split("_", 1)[0] not in SPLITS:
+            found.setdefault(stem, os.path.join(folder, name))
+    return found
+
+
+def _language_order(found: Sequence[str], languages: Optional[Sequence[str]]) -> List[str]:
+    if languages:
+        return [lang for lang in languages if lang in found]
+    known = [lang for lang in DEFAULT_LANGUAGES if lang in found]
+    return known + sorted(set(found) - set(known))
+
+
+def discover(results_dir: str, task: str, split: str = "test", languages: Optional[Sequence[str]] = None,
+             seeds: Optional[Sequence[int]] = None) -> Dict[Column, Dict[str, Dict[int, str]]]:
+    """{column: {regime: {seed: prediction file}}} for one task, columns in table order."""
+    task_dir = os.path.join(results_dir, task)
+    regimes = [r for r in REGIMES if os.path.isdir(os.path.join(task_dir, r))]
+    for extra in sorted(set(os.listdir(task_dir)) - set(REGIMES)):
+        logger.warning("%s: not a regime (%s), skipped", os.path.join(task_dir, extra), ", ".join(REGIMES))
+    folders = sorted({lang for r in regimes for lang in os.listdir(os.path.join(task_dir, r))
+                      if os.path.isdir(os.path.join(task_dir, r, lang))})
+    langs = _language_order(folders, languages)
+    table: Dict[Column, Dict[str, Dict[int, str]]] = {}
+    for regime in regimes:
+        for lang in langs:
+            lang_dir = os.path.join(task_dir, regime, lang)
+            if not os.path.isdir(lang_dir):
+                continue
+            for seed_dir in sorted(os.listdir(lang_dir)):
+                m = _SEED_DIR.match(seed_dir)
+                if not m or not os.path.isdir(os.path.join(lang_dir, seed_dir)):
+                    continue
+                seed = int(m.group(1))
+                if seeds is not None and seed not in seeds:
+                    continue
+                for set_name, path in prediction_files(os.path.join(lang_dir, seed_dir), task, split).items():
+                    column = column_for(set_name, lang, folders)
+                    if column is not None:
+                        table.setdefault(column, {}).setdefault(regime, {})[seed] = path
+
+    def order(col: Column):
+        dataset = "_".join(t for t in set_tokens(col.set_name) if t not in LANGUAGE_CODES and t != col.lang)
+        return dataset, not col.english, langs.index(col.lang), col.set_name
+
+    return {col: table[col] for col in sorted(table, key=order)}
+
+
+# ----------------------------------------------------------------------------- statistics per column
+def _per_seed_metrics(task: str, preds: Predictions, layer: Optional[int] = None) -> Dict[str, float]:
+    v = preds.values
+    if task == "nli":
+        return {"accuracy": float(v["correct"].mean())}
+    if task == "qa":
+        return {"f1": float(v["f1"].mean()), "em": float(v["em"].mean())}
+    if task == "xsr":
+        ranks = v["ranks"][:, layer]
+        return {"mrr": float((1.0 / ranks).mean()), "acc1": float((ranks == 1).mean())}
+    tp, fp, fn = v["counts"].sum(axis=0)
+    return {"f1": float(f1_from_counts(tp, fp, fn))}
+
+
+def _example_values(task: str, preds: Predictions, layer: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Per-example values that the t-tests average over seeds."""
+    v = preds.values
+    if task == "nli":
+        return {"accuracy": v["correct"]}
+    if task == "qa":
+        return {"f1": v["f1"], "em": v["em"]}
+    if task == "xsr":
+        ranks = v["ranks"][:, layer]
+        return {"mrr": 1.0 / ranks, "acc1": (ranks == 1).astype(np.float64)}
+    return {}
+
+
+def column_statistics(task: str, files: Dict[str, Dict[int, str]], alpha: float = ALPHA,
+                      n_resamples: int = N_RESAMPLES, permutation_seed: int = 0,
+                      counts_fn: Optional[Callable] = None) -> Dict[str, dict]:
+    """Every regime's means, standard deviations, per-seed values and p-values (vs Original and
+    vs Adjusted) for one column. Examples are paired by id across every file of the column."""
+    loaded: Dict[str, Dict[int, Predictions]] = {}
+    reference = None
+    for regime, by_seed in files.items():
+        loaded[regime] = {}
+        for seed in sorted(by_seed):
+            preds = read_predictions(by_seed[seed], task, counts_fn)
+            if reference is None:
+                reference = preds
+            else:
+                index = align_to(reference, preds)
+                preds = Predictions(preds.path, preds.ids[index], {k: a[index] for k, a in preds.values.items()})
+            loaded[regime][seed] = preds
+
+    cells: Dict[str, dict] = {}
+    examples: Dict[str, Dict[str, np.ndarray]] = {}  # regime -> metric -> (examples,) averaged over seeds
+    for regime, by_seed in loaded.items():
+        cell: dict = {"seeds": sorted(by_seed), "n_examples": int(len(reference.ids)),
+                      "files": [by_seed[s].path for s in sorted(by_seed)]}
+        layer = None
+        if task == "xsr":
+            layers = {p.values["ranks"].shape[1] for p in by_seed.values()}
+            if len(layers) != 1:
+                raise InputError(f"seeds of one model state have different layer counts {sorted(layers)}",
+                                 os.path.dirname(os.path.dirname(cell["files"][0])))
+            mrr = np.stack([reciprocal_rank_by_layer(p.values["ranks"]).mean(axis=0) for p in by_seed.values()])
+            layer = best_layer(mrr)
+            cell["best_layer"] = layer
+            cell["mrr_by_layer"] = mrr.mean(axis=0).tolist()
+        per_seed = [_per_seed_metrics(task, by_seed[s], layer) for s in sorted(by_seed)]
+        cell["metrics"] = {}
+        for name in per_seed[0]:
+            values = [m[name] for m in per_seed]
+            cell["metrics"][name] = {"mean": float(np.mean(values)), "std": sample_std(values),
+                                     "per_seed": {str(s): v for s, v in zip(sorted(by_seed), values)}}
+        per_example = [_example_values(task, by_seed[s], layer) for s in sorted(by_seed)]
+        examples[regime] = {k: np.mean([e[k] for e in per_example], axis=0) for k in per_example[0]}
+        cells[regime] = cell
+
+    for regime, cell in cells.items():
+        for base in BASELINES:
+            if base == regime or base not in cells or (base == "adjusted" and regime == "original"):
+                continue
+            if task == "ner":
+                if cells[base]["seeds"] != cell["seeds"]:
+                    raise InputError(f"the permutation test pairs seed with seed, but {regime} has seeds "
+                                     f"{cell['seeds']} and {base} has {cells[base]['seeds']} (use --seeds)",
+                                     os.path.dirname(os.path.dirname(cell["files"][0])))
+                a = np.concatenate([loaded[regime][s].values["counts"] for s in cell["seeds"]])
+                b = np.concatenate([loaded[base][s].values["counts"] for s in cell["seeds"]])
+                diff, p = permutation_test_f1(a, b, n_resamples=n_resamples, seed=permutation_seed)
+                cell["metrics"]["f1"][f"p_vs_{base}"] = p
+                cell["metrics"]["f1"][f"pooled_f1_difference_vs_{base}"] = diff
+            else:
+                for name, values in examples[regime].items():
+                    cell["metrics"][name][f"p_vs_{base}"] = paired_ttest(values, examples[base][name])
+        for metric in cell["metrics"].values():
+            metric["marks"] = significance_marks(metric.get("p_vs_original"), metric.get("p_vs_adjusted"), alpha)
+    return cells
+
+
+# ----------------------------------------------------------------------------- tables
+def cell_text(task: str, cell: Optional[dict], digits: int = 1) -> str:
+    """`71.2*` (the mean x100 and its marks); QA `F1 / EM`; retrieval with its layer `65.3** (L8)`."""
+    if cell is None:
+        return "-"
+    parts = [f"{100 * cell['metrics'][m]['mean']:.{digits}f}{cell['metrics'][m]['marks']}" for m in SHOWN[task]]
+    text = " / ".join(parts)
+    if task == "xsr":
+        text += f" (L{cell['best_layer']})"
+    return text
+
+
+def task_table(task: str, columns: Dict[Column, Dict[str, dict]],
+               digits: int = 1) -> Tuple[List[str], List[List[str]]]:
+    """Header and rows (`[row label, cell, ...]`) of one task's table."""
+    regimes = [r for r in REGIMES if any(r in cells for cells in columns.values())]
+    header = ["model"] + [col.label for col in columns]
+    rows = [[ROW_LABELS[r]] + [cell_text(task, cells.get(r), digits) for cells in columns.values()] for r in regimes]
+    return header, rows
+
+
+def to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _seed_note(columns: Dict[Column, Dict[str, dict]]) -> str:
+    counts = sorted({len(cell["seeds"]) for cells in columns.values() for cell in cells.values()})
+    return "/".join(str(c) for c in counts)
+
+
+# ----------------------------------------------------------------------------- CLI
+@dataclass
+class ReportArguments:
+    """Which results to read and how to test them (RESULTS_DIR is the positional argument)."""
+
+    output_dir: Optional[str] = field(default=None,
+                                      metadata={"help": "Where the tables go (default RESULTS_DIR/report)."})
+    tasks: Optional[List[str]] = field(default=None, metadata={"help": "Tasks to report (default: every task folder "
+                                                                       "present among nli ner qa xsr)."})
+    languages: Optional[List[str]] = field(default=None, metadata={"help": "Language folders, in column order "
+                                                                           "(default: es ru vi hi, then the others)."})
+    seeds: Optional[List[int]] = field(default=None, metadata={"help": "Only these seeds (default: every seedN)."})
+    split: str = field(default="test", metadata={"help": "Which predictions_{split}_{set}.jsonl files to read."})
+    alpha: float = field(default=ALPHA, metadata={"help": "Significance level of the marks."})
+    n_resamples: int = field(default=N_RESAMPLES, metadata={"help": "Permutations of the NER test."})
+    permutation_seed: int = field(default=0, metadata={"help": "Seed of the NER permutation test."})
+    digits: int = field(default=1, metadata={"help": "Decimals of the percentages in the tables."})
+    report_to: Optional[List[str]] = field(default=None, metadata={"help": "'wandb' also logs every table as a "
+                                                                           "W&B Table (offline mode works)."})
+    wandb_project: str = field(default="hf-xladjust", metadata={"help": "W&B project of --report_to wandb."})
+
+    def __post_init__(self):
+        unknown = sorted(set(self.tasks or ()) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+        unknown = sorted(set(self.report_to or ()) - {"wandb", "none"})
+        if unknown:
+            raise ValueError(f"--report_to supports wandb (or none), got {unknown}")
+
+
+def build_report(results_dir: str, args: ReportArguments) -> dict:
+    """Read, test and tabulate every task; returns the JSON report (tables included)."""
+    if not os.path.isdir(results_dir):
+        raise InputError("not a folder", results_dir)
+    tasks = args.tasks or [t for t in TASKS if os.path.isdir(os.path.join(results_dir, t))]
+    if not tasks:
+        raise InputError(f"no task folder ({', '.join(TASKS)}) in the results folder", results_dir)
+    counts_fn = _ner_counts_function()
+    report = {"settings": {"results_dir": os.path.abspath(results_dir), **asdict(args),
+                           "std": "over seeds, ddof=1", "metric_scale": "fractions (tables show x100)",
+                           "ner_counts": f"{counts_fn.__module__}.{counts_fn.__name__}"},
+              "tasks": {}}
+    for task in tasks:
+        if not os.path.isdir(os.path.join(results_dir, task)):
+            raise InputError(f"no {task} folder", results_dir)
+        found = discover(results_dir, task, args.split, args.languages, args.seeds)
+        if not found:
+            logger.warning("%s: no predictions_%s_*.jsonl files in any {regime}/{lang}/seedN folder",
+                           os.path.join(results_dir, task), args.split)
+            continue
+        columns = {col: column_statistics(task, files, args.alpha, args.n_resamples, args.permutation_seed,
+                                          counts_fn)
+                   for col, files in found.items()}
+        header, rows = task_table(task, columns, args.digits)
+        note = (f"Mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from Original, `**` from "
+                f"Adjusted (p < {args.alpha:g}; {TESTS[task]}).")
+        report["tasks"][task] = {
+            "title": TITLES[task], "note": note, "header": header, "rows": rows,
+            "markdown": to_markdown(header, rows), "csv": to_csv(header, rows),
+            "columns": [{"label": col.label, "lang": col.lang, "set": col.set_name, "english": col.english,
+                         "cells": cells} for col, cells in columns.items()],
+        }
+    return report
+
+
+def write_report(report: dict, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    parts = []
+    for task, t in report["tasks"].items():
+        with atomic_write(os.path.join(output_dir, f"{task}.md")) as f:
+            f.write(t["markdown"])
+        with atomic_write(os.path.join(output_dir, f"{task}.csv")) as f:
+            f.write(t["csv"])
+        parts.append(f"## {t['title']}\n\n{t['markdown']}\n{t['note']}\n")
+    markdown = "\n".join(parts)
+    with atomic_write(os.path.join(output_dir, "report.md")) as f:
+        f.write(markdown)
+    write_json(os.path.join(output_dir, "report.json"), report)
+    return markdown
+
+
+def log_to_wandb(report: dict, project: str) -> None:
+    import wandb
+
+    run = wandb.init(project=project, job_type="report", config=report["settings"])
+    run.log({f"tables/{task}": wandb.Table(columns=t["header"], data=t["rows"])
+             for task, t in report["tasks"].items()})
+    run.finish()
+
+
+def build_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ReportArguments, prog="python -m hf_xladjust.report",
+                              description="Tables 2-5 of the paper (means over seeds, significance marks) from "
+                                          "the prediction files of a results folder.")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR",
+                        help="The grid's results folder: {task}/{regime}/{lang}/seed{n}/predictions_*.jsonl.")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_args_into_dataclasses(argv)
+    except ValueError as e:  # a __post_init__ check
+        parser.error(str(e))
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stderr)])
+    output_dir = args.output_dir or os.path.join(rest.results_dir, "report")
+    try:
+        report = build_report(rest.results_dir, args)
+    except InputError as e:
+        print(f"hf_xladjust.report: error: {e}", file=sys.stderr)
+        return 1
+    print(write_report(report, output_dir))
+    print(f"wrote {os.path.join(output_dir, 'report.md')}, report.json and one .md/.csv per task")
+    if "wandb" in (args.report_to or ()):
+        log_to_wandb(report, args.wandb_project)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

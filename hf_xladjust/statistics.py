@@ -1,0 +1,128 @@
+"""Significance tests behind the paper's tables, on per-example results saved by the run_*.py scripts.
+
+* XNLI, QA, XSR: each example's metric (correctness, F1/EM, reciprocal rank) is averaged over the
+  seeds of a configuration, and two configurations are compared with a paired t-test over
+  examples (`scipy.stats.ttest_rel`).
+* NER: the example-level predictions of all seeds are concatenated (sentence i of seed s of one
+  configuration is paired with sentence i of seed s of the other) and a paired permutation test
+  swaps each pair's predictions between the two systems and re-scores token-level F1
+  (`scipy.stats.permutation_test`, `permutation_type="samples"`, seeded). Token F1 is a function of
+  the summed per-sentence (tp, fp, fn) counts, so a swap exchanges two count vectors and every
+  permutation is re-scored with array operations.
+* Marks as in the paper: `*` differs significantly from Original, `**` from Adjusted (p < 0.05).
+"""
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+ALPHA = 0.05
+N_RESAMPLES = 1000
+# Resamples scored in one vectorised call of the statistic: bounds the (batch, sentences, 3) gather.
+_MAX_GATHER = 4_000_000
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided p-value of `scipy.stats.ttest_rel(a, b)` over paired examples.
+
+    Identical inputs (every difference zero) have no spread: scipy returns NaN there and we return
+    1.0 (no evidence of a difference). Fewer than two pairs: None (no test)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired t-test needs two 1-D arrays of one length, got {a.shape} and {b.shape}")
+    if len(a) < 2:
+        return None
+    d = a - b
+    if np.all(d == d[0]) and d[0] == 0:
+        return 1.0
+    p = float(stats.ttest_rel(a, b).pvalue)
+    return None if np.isnan(p) else p
+
+
+def f1_from_counts(tp, fp, fn):
+    """Micro F1 = 2tp / (2tp + fp + fn) (the same as 2PR / (P + R)); 0 where nothing was predicted
+    or gold. Works element-wise on arrays."""
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros(np.broadcast(tp, denom).shape), where=denom > 0)
+
+
+def permutation_test_f1(counts_a: np.ndarray, counts_b: np.ndarray, n_resamples: int = N_RESAMPLES,
+                        seed: int = 0) -> Tuple[float, float]:
+    """Paired permutation test of F1(A) - F1(B) over sentences.
+
+    `counts_a`, `counts_b`: (sentences, 3) arrays of per-sentence (tp, fp, fn) of the two systems on the
+    same sentences (in the same order). Each permutation swaps a random subset of sentences between the
+    systems and re-scores both F1s from the summed counts. Two-sided; scipy enumerates all 2**n swaps
+    exactly when that is no more than `n_resamples`, otherwise draws `n_resamples` with
+    `numpy.random.default_rng(seed)` and returns (hits + 1) / (n_resamples + 1).
+    Returns (observed difference, p-value)."""
+    from scipy import stats
+
+    counts_a, counts_b = np.asarray(counts_a, dtype=np.float64), np.asarray(counts_b, dtype=np.float64)
+    if counts_a.shape != counts_b.shape or counts_a.ndim != 2 or counts_a.shape[1] != 3:
+        raise ValueError(f"need two (sentences, 3) count arrays of one shape, got {counts_a.shape} and "
+                         f"{counts_b.shape}")
+    n = len(counts_a)
+    if n == 0:
+        raise ValueError("no sentences to compare")
+    # The samples handed to scipy are row numbers into one table of both systems' counts: swapping the
+    # row numbers of a pair swaps that sentence's counts between the systems.
+    table = np.concatenate([counts_a, counts_b])
+
+    def statistic(x, y, axis=-1):
+        x, y = np.moveaxis(x, axis, -1).astype(np.intp), np.moveaxis(y, axis, -1).astype(np.intp)
+        sa, sb = table[x].sum(axis=-2), table[y].sum(axis=-2)
+        return f1_from_counts(sa[..., 0], sa[..., 1], sa[..., 2]) - f1_from_counts(sb[..., 0], sb[..., 1], sb[..., 2])
+
+    rows = np.arange(n)
+    result = stats.permutation_test((rows, rows + n), statistic, permutation_type="samples", vectorized=True,
+                                    n_resamples=n_resamples, alternative="two-sided",
+                                    batch=max(1, _MAX_GATHER // (3 * n)), random_state=np.random.default_rng(seed))
+    return float(result.statistic), float(result.pvalue)
+
+
+def significance_marks(p_vs_original: Optional[float], p_vs_adjusted: Optional[float],
+                       alpha: float = ALPHA) -> str:
+    """`*` when different from Original, `**` when different from Adjusted (p < alpha); both: `*,**`.
+    A missing test (None) gives no mark."""
+    marks = []
+    if p_vs_original is not None and p_vs_original < alpha:
+        marks.append("*")
+    if p_vs_adjusted is not None and p_vs_adjusted < alpha:
+        marks.append("**")
+    return ",".join(marks)
+
+
+def sample_std(values: Sequence[float]) -> Optional[float]:
+    """Standard deviation over seeds with Bessel's correction (ddof=1); None for a single seed."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def reciprocal_rank_by_layer(ranks: np.ndarray) -> np.ndarray:
+    """1 / rank for (queries, layers) arrays of 1-based ranks of the gold candidate."""
+    return 1.0 / np.asarray(ranks, dtype=np.float64)
+
+
+def best_layer(mrr_by_seed: np.ndarray) -> int:
+    """The layer with the highest MRR averaged over seeds (`mrr_by_seed`: (seeds, layers)); the lowest
+    index wins a tie. One layer per model state, so its per-query reciprocal ranks can be averaged
+    over seeds and tested like any per-example metric."""
+    return int(np.argmax(np.asarray(mrr_by_seed, dtype=np.float64).mean(axis=0)))
+
+
+def local_token_counts(gold_tags: Sequence[str], pred_tags: Sequence[str]) -> Tuple[int, int, int]:
+    """(tp, fp, fn) of one sentence for token-level micro F1 over the entity tags (every tag but `O`;
+    `B-PER` and `I-PER` are different tags): tp = tokens with pred == gold != O, fp = pred != O and
+    pred != gold, fn = gold != O and pred != gold.
+
+    A stand-in until the NER evaluation module's own per-sentence counts exist; the report uses
+    those when present (`hf_xladjust.evaluation.tagging.counts`)."""
+    if len(gold_tags) != len(pred_tags):
+        raise ValueError(f"{len(gold_tags)} gold tags but {len(pred_tags)} predicted tags")
+    gold, pred = np.asarray(gold_tags, dtype=object), np.asarray(pred_tags, dtype=object)
+    same = gold == pred
+    return (int((same & (gold != "O")).sum()), int((~same & (pred != "O")).sum()),
+            int((~same & (gold != "O")).sum()))
