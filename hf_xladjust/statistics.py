@@ -24,8 +24,8 @@ _MAX_GATHER = 4_000_000
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     """Two-sided p-value of `scipy.stats.ttest_rel(a, b)` over paired examples.
 
-    Identical inputs (every difference zero) have no spread: scipy returns NaN there and we return
-    1.0 (no evidence of a difference). Fewer than two pairs: None (no test)."""
+    Differences without spread: all zero gives 1.0 (scipy: NaN; no evidence of a difference), a
+    constant shift 0.0 (as scipy's infinite t). Fewer than two pairs: None (no test)."""
     from scipy import stats
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -34,8 +34,8 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     if len(a) < 2:
         return None
     d = a - b
-    if np.all(d == d[0]) and d[0] == 0:
-        return 1.0
+    if np.all(d == d[0]):  # no spread: scipy's t is NaN (all zero) or infinite, with a precision warning
+        return 1.0 if d[0] == 0 else 0.0
     p = float(stats.ttest_rel(a, b).pvalue)
     return None if np.isnan(p) else p
 
