@@ -16,7 +16,8 @@ set's metric (x100) with `*` (significantly different from Original) and `**` (f
 p < 0.05:
 
 * nli: accuracy; paired t-test on per-example correctness averaged over seeds;
-* qa: F1 / EM (each marked); paired t-tests on per-question F1 and EM averaged over seeds;
+* qa: F1 / EM (each marked); paired t-tests on per-question F1 and EM averaged over seeds (unlabelled
+  sets, whose files carry null scores, are left out);
 * xsr: MRR at the best layer, shown as `(Lk)`: one layer per model state (regime, language, set), the
   one with the highest MRR averaged over seeds; paired t-test on per-query reciprocal ranks at that
   layer averaged over seeds; acc@1 at that layer in the JSON;
@@ -89,6 +90,14 @@ def _ner_counts_function() -> Callable:
 
 
 # ----------------------------------------------------------------------------- reading
+class UnscoredSet(Exception):
+    """A prediction file of an unlabelled set (no per-example scores): its column is left out."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
 @dataclass
 class Predictions:
     """One prediction file: example ids (in file order) and the arrays the statistics need."""
@@ -105,9 +114,9 @@ def _field(record: dict, name: str, path: str, line: int):
 
 
 def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None) -> Predictions:
-    """Read a `predictions_*.jsonl` file of `task`: nli `correct`; qa `f1`, `em` (fractions; a file on
-    the 0-100 scale, i.e. with a value above 1, is divided by 100); xsr `ranks` (1-based, one per
-    layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts)."""
+    """Read a `predictions_*.jsonl` file of `task`: nli `correct`; qa `f1`, `em` (in [0, 1]; a file
+    whose questions all have null scores is an unlabelled set: `UnscoredSet`); xsr `ranks` (1-based,
+    one per layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts)."""
     counts_fn = counts_fn or _ner_counts_function()
     ids, rows, seen = [], [], set()
     try:
@@ -136,8 +145,12 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
                 rows.append(float(value))
             elif task == "qa":
                 pair = (_field(record, "f1", path, line_no), _field(record, "em", path, line_no))
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100 for v in pair):
-                    raise InputError(f"'f1' and 'em' must be numbers in [0, 1] or [0, 100], got {pair}", path, line_no)
+                if pair == (None, None):  # an unlabelled set: predictions without scores
+                    rows.append((np.nan, np.nan))
+                    continue
+                if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in pair):
+                    raise InputError(f"'f1' and 'em' must be numbers in [0, 1] (em may be a bool), got {pair}",
+                                     path, line_no)
                 rows.append(pair)
             elif task == "xsr":
                 ranks = _field(record, "ranks", path, line_no)
@@ -161,8 +174,12 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
         values = {"correct": np.asarray(rows, dtype=np.float64)}
     elif task == "qa":
         arr = np.asarray(rows, dtype=np.float64)
-        if arr.max() > 1:
-            arr = arr / 100.0
+        unscored = np.isnan(arr[:, 0])
+        if unscored.all():
+            raise UnscoredSet(path)
+        if unscored.any():
+            raise InputError(f"{int(unscored.sum())} of {len(arr)} questions have no f1/em (null), the others "
+                             f"have: a set is either labelled or not", path)
         values = {"f1": arr[:, 0], "em": arr[:, 1]}
     elif task == "xsr":
         values = {"ranks": np.asarray(rows, dtype=np.int64)}
@@ -457,9 +474,15 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
             logger.warning("%s: no predictions_%s_*.jsonl files in any {regime}/{lang}/seedN folder",
                            os.path.join(results_dir, task), args.split)
             continue
-        columns = {col: column_statistics(task, files, args.alpha, args.n_resamples, args.permutation_seed,
-                                          counts_fn)
-                   for col, files in found.items()}
+        columns = {}
+        for col, files in found.items():
+            try:
+                columns[col] = column_statistics(task, files, args.alpha, args.n_resamples, args.permutation_seed,
+                                                 counts_fn)
+            except UnscoredSet as e:
+                logger.warning("%s: an unlabelled set (no scores), column %s left out", e.path, col.label)
+        if not columns:
+            continue
         header, rows = task_table(task, columns, args.digits)
         note = (f"Mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from Original, `**` from "
                 f"Adjusted (p < {args.alpha:g}; {TESTS[task]}).")

@@ -21,6 +21,11 @@ CLI (histograms as PNG plus JSON, for up to five model states)::
     python -m hf_xladjust.evaluation.distances --model original=PATH --model adjusted=PATH \\
         (--pairs aligned_pairs.jsonl | --train_file pairs.txt | --source_file F --target_file F) \\
         --output_dir OUT [--max_sentences N] [--seed S]
+
+or the states an experiment-grid results folder holds for one language and seed (Fig. 1's layout)::
+
+    python -m hf_xladjust.evaluation.distances --results_dir RESULTS --lang es --results_seed 0 [--task nli] \\
+        --pairs heldout_aligned_pairs.jsonl --output_dir OUT
 """
 import logging
 import math
@@ -318,6 +323,14 @@ class DistanceAnalysisArguments:
     batch_size: int = field(default=32, metadata={"help": "Sentence pairs per forward pass."})
     bins: int = field(default=50, metadata={"help": "Histogram bins."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
+    results_dir: Optional[str] = field(default=None, metadata={
+        "help": "An experiment-grid results folder: measure the model states it holds for --lang and "
+                "--results_seed (original, adjusted, original/adjusted + fine-tuned on --task, adjusted + "
+                "continual); --model adds states or replaces one of the same name."})
+    lang: Optional[str] = field(default=None, metadata={"help": "With --results_dir: the language of the models."})
+    task: str = field(default="nli", metadata={"help": "With --results_dir: whose fine-tuned models (nli, ner, qa)."})
+    results_seed: Optional[int] = field(default=None, metadata={
+        "help": "With --results_dir: the seedN folders to read (default: --seed)."})
 
     def __post_init__(self):
         sources = [bool(self.pairs), bool(self.train_file), bool(self.source_file or self.target_file)]
@@ -327,6 +340,8 @@ class DistanceAnalysisArguments:
             raise ValueError("--source_file and --target_file go together")
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.results_dir and not self.lang:
+            raise ValueError("--results_dir needs --lang (the language folder of the models)")
 
 
 MAX_MODELS = 5
@@ -347,6 +362,59 @@ def parse_model_specs(specs: Sequence[str]) -> Dict[str, str]:
         models[name] = path
     if not 1 <= len(models) <= MAX_MODELS:
         raise ValueError(f"give 1 to {MAX_MODELS} --model NAME=PATH states, got {len(models)}")
+    return models
+
+
+# The model states of one language and seed in an experiment-grid results folder (Fig. 1's five panels):
+# adjusted encoders in adjust/{lang}/seed{n}/, fine-tuned models in {task}/{regime}/{lang}/seed{n}/.
+RESULT_STATES = (("adjusted", "adjust/{lang}/seed{seed}"),
+                 ("original+{task}", "{task}/original/{lang}/seed{seed}"),
+                 ("adjusted+{task}", "{task}/adjusted/{lang}/seed{seed}"),
+                 ("adjusted+{task}+cont", "{task}/adjusted_cont/{lang}/seed{seed}"))
+
+
+def models_from_results(results_dir: str, lang: str, seed: int, task: str = "nli") -> Dict[str, str]:
+    """{state name: model folder} of the states present (a folder with config.json) for `lang` and
+    `seed`, the original model first: the model the adjusted encoder (or, failing that, a fine-tuned
+    original) started from, followed back through run_args.json."""
+    from hf_xladjust.alignment.anchor import resolve_anchor_path
+
+    found: Dict[str, str] = {}
+    for name, pattern in RESULT_STATES:
+        path = os.path.join(results_dir, pattern.format(lang=lang, seed=seed, task=task))
+        if os.path.isfile(os.path.join(path, "config.json")):
+            found[name.format(task=task)] = path
+        else:
+            logger.info("no %s model in %s", name.format(task=task), path)
+    if not found:
+        raise InputError(f"no model folder for language {lang!r} and seed {seed} (looked for "
+                         f"{', '.join(p.format(lang=lang, seed=seed, task=task) for _, p in RESULT_STATES)})",
+                         results_dir)
+    models: Dict[str, str] = {}
+    for start in (found.get("adjusted"), found.get(f"original+{task}")):
+        origin = resolve_anchor_path(start) if start else None
+        if origin and origin != start:
+            models["original"] = origin
+            break
+    else:
+        logger.warning("the original model is not recorded in %s (run_args.json); give it with --model original=PATH",
+                       results_dir)
+    models.update(found)
+    return models
+
+
+def model_states(args: DistanceAnalysisArguments, model_specs: Optional[Sequence[str]]) -> Dict[str, str]:
+    """The states to measure: those of --results_dir, then --model NAME=PATH (adding, or replacing a
+    state of the same name); 1 to MAX_MODELS in all."""
+    models: Dict[str, str] = {}
+    if args.results_dir:
+        seed = args.seed if args.results_seed is None else args.results_seed
+        models = models_from_results(args.results_dir, args.lang, seed, args.task)
+    if model_specs:
+        models.update(parse_model_specs(model_specs))
+    if not 1 <= len(models) <= MAX_MODELS:
+        raise ValueError(f"measure 1 to {MAX_MODELS} model states, got {len(models)}: {', '.join(models) or 'none'} "
+                         "(give --model NAME=PATH or --results_dir with --lang)")
     return models
 
 
@@ -374,17 +442,18 @@ def build_parser():
                               prog="python -m hf_xladjust.evaluation.distances",
                               description="L2 distances of related vs unrelated word vectors (Fig. 1), "
                                           "for up to five model states.")
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
+    parser.add_argument("--model", action="append", metavar="NAME=PATH",
                         help="A model state to measure (repeat, up to 5): an encoder or a fine-tuned task "
-                             "checkpoint; each folder brings its own tokenizer.")
+                             "checkpoint; each folder brings its own tokenizer. Needed unless --results_dir.")
     parser.set_defaults(max_sentences=DEFAULT_MAX_SENTENCES)
     return parser
 
 
-def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArguments, model_specs: Sequence[str]):
+def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArguments,
+                  model_specs: Optional[Sequence[str]]):
     from transformers import AutoModel, AutoTokenizer
 
-    models = parse_model_specs(model_specs)
+    models = model_states(args, model_specs)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(args.output_dir, exist_ok=True)
     pairs, source = load_pairs(args, data_args)
@@ -404,7 +473,8 @@ def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArgum
     png = plot_distances(distances, results, os.path.join(args.output_dir, "distances.png"), bins=args.bins)
     report = {"models": results, "counts": counts,
               "settings": {"seed": args.seed, "layer": args.layer, "pooling": args.pooling,
-                           "max_sentences": data_args.max_sentences},
+                           "max_sentences": data_args.max_sentences, "results_dir": args.results_dir,
+                           "lang": args.lang, "task": args.task, "results_seed": args.results_seed},
               "data": source}
     json_path = os.path.join(args.output_dir, "distances.json")
     write_json(json_path, report, default=str)

@@ -1,0 +1,323 @@
+"""`python -m hf_xladjust.report`: a hand-made table from fixture prediction files, every task's cell
+checked against an independent computation, refusals of unpairable files, and Fig. 1 model states
+drawn from a results folder."""
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_tiny_model, fixture_lines
+from scipy import stats
+
+from hf_xladjust.errors import InputError
+from hf_xladjust.report import ReportArguments, _ner_counts_function, build_report, column_for, main, read_predictions
+from hf_xladjust.statistics import permutation_test_f1
+
+FIXTURES = Path(__file__).parent / "fixtures" / "report"
+
+# Written by hand from tests/fixtures/report (2 seeds x 10 examples; accuracies k/10 give means in steps of 5):
+#   en: original 8/10, 7/10 -> 75.0 (the shared original folder serves both language columns); adjusted-es 9, 8 -> 85.0
+#   es: original 2, 2 -> 20.0; adjusted 8, 8 -> 80.0; adjusted_cont 9, 9 -> 90.0
+#   ru: original 5, 5 -> 50.0; adjusted 6, 5 -> 55.0; adjusted_cont 10, 9 -> 95.0
+EXPECTED_MD = """\
+| model | en (es) | en (ru) | es | ru |
+| --- | ---: | ---: | ---: | ---: |
+| Original | 75.0 | 75.0 | 20.0 | 50.0 |
+| Adjusted | 85.0 | - | 80.0* | 55.0 |
+| Adj + cont | - | - | 90.0* | 95.0*,** |
+"""
+EXPECTED_CSV = """\
+model,en (es),en (ru),es,ru
+Original,75.0,75.0,20.0,50.0
+Adjusted,85.0,-,80.0*,55.0
+Adj + cont,-,-,90.0*,"95.0*,**"
+"""
+
+
+def _results_from_fixtures(root: Path, shared_original: bool = True) -> Path:
+    """The grid's layout: nli/{regime}/{lang}/seed{n}; the original model's folder (all languages'
+    files) is shared by the language folders through symlinks, or copied into each."""
+    results = root / "results"
+    shutil.copytree(FIXTURES / "nli", results / "nli")
+    (results / "nli" / "original").mkdir()
+    for lang in ("es", "ru"):
+        if shared_original:
+            os.symlink(FIXTURES / "original_all", results / "nli" / "original" / lang, target_is_directory=True)
+        else:
+            shutil.copytree(FIXTURES / "original_all", results / "nli" / "original" / lang)
+    return results
+
+
+def _correct(path):
+    with open(path) as f:
+        return {r["id"]: float(r["correct"]) for r in map(json.loads, f)}
+
+
+def _ttest_by_hand(a, b):
+    d = np.asarray(a) - np.asarray(b)
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    return 2 * stats.t.sf(abs(t), len(d) - 1)
+
+
+@pytest.mark.parametrize("shared_original", [True, False])
+def test_report_reproduces_the_hand_made_table(tmp_path, capsys, shared_original):
+    results = _results_from_fixtures(tmp_path, shared_original)
+    out = tmp_path / "tables"
+    assert main([str(results), "--output_dir", str(out)]) == 0
+    assert (out / "nli.md").read_text() == EXPECTED_MD
+    assert (out / "nli.csv").read_text() == EXPECTED_CSV
+    assert EXPECTED_MD in capsys.readouterr().out
+    assert EXPECTED_MD in (out / "report.md").read_text()
+
+    # Means, standard deviations and p-values in the JSON, recomputed here from the files.
+    report = json.loads((out / "report.json").read_text())
+    cells = {c["label"]: c["cells"] for c in report["tasks"]["nli"]["columns"]}
+    fx = {"original": FIXTURES / "original_all", "adjusted": FIXTURES / "nli" / "adjusted",
+          "adjusted_cont": FIXTURES / "nli" / "adjusted_cont"}
+
+    def per_example(regime, lang, set_name):
+        folder = fx[regime] if regime == "original" else fx[regime] / lang
+        seeds = [_correct(folder / f"seed{s}" / f"predictions_test_{set_name}.jsonl") for s in (0, 1)]
+        ids = sorted(seeds[0])
+        return np.array([[s[i] for i in ids] for s in seeds])
+
+    marks_seen = {}
+    for lang in ("es", "ru"):
+        orig = per_example("original", lang, lang)
+        for regime in ("adjusted", "adjusted_cont"):
+            x = per_example(regime, lang, lang)
+            m = cells[lang][regime]["metrics"]["accuracy"]
+            assert m["mean"] == pytest.approx(x.mean())
+            assert m["std"] == pytest.approx(np.std(x.mean(axis=1), ddof=1))
+            assert m["p_vs_original"] == pytest.approx(_ttest_by_hand(x.mean(0), orig.mean(0)))
+            if regime == "adjusted_cont":
+                adj = per_example("adjusted", lang, lang)
+                assert m["p_vs_adjusted"] == pytest.approx(_ttest_by_hand(x.mean(0), adj.mean(0)))
+            else:
+                assert "p_vs_adjusted" not in m
+            marks_seen[(lang, regime)] = ("*" if m["p_vs_original"] < 0.05 else "") + (
+                "**" if m.get("p_vs_adjusted", 1) < 0.05 else "")
+    # The marks in the hand-written table are those the p-values call for.
+    assert marks_seen == {("es", "adjusted"): "*", ("es", "adjusted_cont"): "*",
+                          ("ru", "adjusted"): "", ("ru", "adjusted_cont"): "***"}
+    assert cells["ru"]["adjusted_cont"]["metrics"]["accuracy"]["marks"] == "*,**"
+    assert cells["es"]["original"]["metrics"]["accuracy"]["marks"] == ""
+    assert cells["en (es)"]["adjusted"]["seeds"] == [0, 1]
+    assert report["settings"]["split"] == "test"
+
+    # Only seed 1: no standard deviation, t-tests on one seed's correctness.
+    report = build_report(str(results), ReportArguments(seeds=[1]))
+    es = next(c for c in report["tasks"]["nli"]["columns"] if c["label"] == "es")["cells"]
+    assert es["adjusted"]["metrics"]["accuracy"]["std"] is None
+    assert es["adjusted"]["metrics"]["accuracy"]["mean"] == pytest.approx(0.8)
+
+
+def test_sets_of_a_language_folder():
+    langs = ["es", "ru"]
+    assert column_for("es", "es", langs).label == "es"
+    assert column_for("mixed_es", "es", langs).label == "mixed_es"
+    assert column_for("xquad_en-q_es-c", "es", langs).label == "xquad_en-q_es-c"
+    assert column_for("ru", "es", langs) is None  # another language's file in a shared folder
+    assert column_for("xquad_vi-q_en-c", "es", langs) is None  # vi is a language even without a vi folder
+    assert column_for("en", "es", langs).label == "en (es)"
+    assert column_for("xquad_en", "ru", langs).english
+
+
+def _write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_refuses_files_with_different_examples(tmp_path, capsys):
+    results = _results_from_fixtures(tmp_path)
+    bad = results / "nli" / "adjusted" / "ru" / "seed1" / "predictions_test_ru.jsonl"
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(lines[:-1] + [lines[-1].replace('"ru-9"', '"ru-99"')]) + "\n")
+    assert main([str(results)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "original" in err and "cannot be paired" in err
+    with pytest.raises(InputError, match="differ"):
+        build_report(str(results), ReportArguments())
+    # A malformed line is named by file and line.
+    bad.write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(InputError, match=re.escape(f"{bad}:2: not a JSON object")):
+        read_predictions(str(bad), "nli")
+    bad.write_text(lines[0] + "\n" + lines[0] + "\n")
+    with pytest.raises(InputError, match=re.escape(f"{bad}:2: duplicate id")):
+        read_predictions(str(bad), "nli")
+
+
+def test_qa_cells_both_metrics(tmp_path):
+    rng = np.random.default_rng(0)
+    n, results = 40, tmp_path / "r"
+    truth = {}
+    for regime, shift in (("original", 0.0), ("adjusted", 0.3), ("adjusted_cont", 0.31)):
+        for seed in (0, 1, 2):
+            f1 = np.clip(rng.random(n) * 0.6 + shift, 0, 1)
+            em = f1 > 0.8
+            truth[(regime, seed)] = (f1, em.astype(float))
+            order = rng.permutation(n)  # files list questions in any order: pairing goes by id
+            _write_jsonl(results / "qa" / regime / "es" / f"seed{seed}" / "predictions_test_xquad_es.jsonl",
+                         [{"id": f"q{i}", "prediction": "x", "answers": ["x"], "f1": float(f1[i]), "em": bool(em[i])}
+                          for i in order])
+        # An unlabelled set (null scores) is left out, not scored as zero.
+        _write_jsonl(results / "qa" / regime / "es" / "seed0" / "predictions_test_mlqa_es.jsonl",
+                     [{"id": "u1", "prediction": "x", "answers": [], "f1": None, "em": None}])
+    report = build_report(str(results), ReportArguments())
+    table = report["tasks"]["qa"]
+    assert table["header"] == ["model", "xquad_es"]
+    cells = table["columns"][0]["cells"]
+    for metric, k in (("f1", 0), ("em", 1)):
+        mean = {r: np.mean([truth[(r, s)][k] for s in range(3)], axis=0) for r in ("original", "adjusted",
+                                                                                     "adjusted_cont")}
+        for regime in ("adjusted", "adjusted_cont"):
+            m = cells[regime]["metrics"][metric]
+            assert m["mean"] == pytest.approx(mean[regime].mean())
+            assert m["p_vs_original"] == pytest.approx(stats.ttest_rel(mean[regime], mean["original"]).pvalue)
+        assert cells["adjusted_cont"]["metrics"][metric]["p_vs_adjusted"] == pytest.approx(
+            stats.ttest_rel(mean["adjusted_cont"], mean["adjusted"]).pvalue)
+    f1, em = cells["adjusted"]["metrics"]["f1"], cells["adjusted"]["metrics"]["em"]
+    assert table["rows"][1][1] == f"{100 * f1['mean']:.1f}{f1['marks']} / {100 * em['mean']:.1f}{em['marks']}"
+    assert f1["marks"] == "*"
+    # Scores outside [0, 1] are refused rather than rescaled by guess.
+    bad = results / "qa" / "original" / "es" / "seed0" / "predictions_test_xquad_es.jsonl"
+    _write_jsonl(bad, [{"id": "q0", "f1": 87.5, "em": True}])
+    with pytest.raises(InputError, match=re.escape(f"{bad}:1: 'f1' and 'em' must be numbers in")):
+        build_report(str(results), ReportArguments())
+
+
+def test_xsr_best_layer_per_state(tmp_path):
+    rng = np.random.default_rng(1)
+    n, layers, results = 30, 4, tmp_path / "r"
+    ranks = {}
+    for regime, best in (("original", 1), ("adjusted", 3)):
+        for seed in (0, 1):
+            r = rng.integers(1, 50, size=(n, layers))
+            r[:, best] = rng.integers(1, 4, size=n)  # this layer retrieves well
+            ranks[(regime, seed)] = r
+            _write_jsonl(results / "xsr" / regime / "vi" / f"seed{seed}" / "predictions_vi.jsonl",
+                         [{"id": i, "ranks": r[i].tolist()} for i in range(n)])
+    report = build_report(str(results), ReportArguments())
+    table = report["tasks"]["xsr"]
+    cells = table["columns"][0]["cells"]
+    assert table["header"] == ["model", "vi"]
+    assert cells["original"]["best_layer"] == 1 and cells["adjusted"]["best_layer"] == 3
+    rr = {reg: np.mean([1.0 / ranks[(reg, s)][:, layer] for s in (0, 1)], axis=0)
+          for reg, layer in (("original", 1), ("adjusted", 3))}
+    m = cells["adjusted"]["metrics"]
+    assert m["mrr"]["mean"] == pytest.approx(rr["adjusted"].mean())
+    assert m["mrr"]["p_vs_original"] == pytest.approx(stats.ttest_rel(rr["adjusted"], rr["original"]).pvalue)
+    assert m["acc1"]["mean"] == pytest.approx(np.mean([(ranks[("adjusted", s)][:, 3] == 1).mean() for s in (0, 1)]))
+    assert cells["original"]["mrr_by_layer"] == pytest.approx(
+        np.mean([(1.0 / ranks[("original", s)]).mean(0) for s in (0, 1)], axis=0).tolist())
+    assert table["rows"][0][1].endswith("(L1)") and table["rows"][1][1].endswith("(L3)")
+
+
+def _tags(rng, n_tokens):
+    return rng.choice(["O", "O", "O", "B-PER", "I-PER", "B-LOC"], size=n_tokens).tolist()
+
+
+def test_ner_permutation_test_over_all_seeds(tmp_path):
+    rng = np.random.default_rng(2)
+    results, sentences = tmp_path / "r", 12
+    gold = [_tags(rng, int(rng.integers(2, 7))) for _ in range(sentences)]
+    counts, token_counts = {}, _ner_counts_function()  # the NER module's counts when present
+    for regime, noise in (("original", 0.6), ("adjusted", 0.2)):
+        for seed in (0, 1):
+            preds = [[t if rng.random() > noise else rng.choice(["O", "B-PER", "B-LOC"]) for t in g] for g in gold]
+            counts[(regime, seed)] = np.array([token_counts(g, p) for g, p in zip(gold, preds)])
+            _write_jsonl(results / "ner" / regime / "ru" / f"seed{seed}" / "predictions_test_ru.jsonl",
+                         [{"id": i, "tokens": ["w"] * len(g), "gold": g, "pred": p}
+                          for i, (g, p) in enumerate(zip(gold, preds))])
+    report = build_report(str(results), ReportArguments(permutation_seed=3))
+    cells = report["tasks"]["ner"]["columns"][0]["cells"]
+
+    def f1(c):
+        tp, fp, fn = c.sum(0)
+        return 2 * tp / (2 * tp + fp + fn)
+
+    for regime in ("original", "adjusted"):
+        m = cells[regime]["metrics"]["f1"]
+        assert m["mean"] == pytest.approx(np.mean([f1(counts[(regime, s)]) for s in (0, 1)]))
+    a = np.concatenate([counts[("adjusted", s)] for s in (0, 1)])
+    b = np.concatenate([counts[("original", s)] for s in (0, 1)])
+    diff, p = permutation_test_f1(a, b, n_resamples=1000, seed=3)
+    m = cells["adjusted"]["metrics"]["f1"]
+    assert m["p_vs_original"] == p and m["pooled_f1_difference_vs_original"] == pytest.approx(f1(a) - f1(b))
+    assert p < 0.05 and m["marks"] == "*"
+    # Seeds are paired one to one: a seed missing from one regime is refused.
+    shutil.rmtree(results / "ner" / "original" / "ru" / "seed1")
+    with pytest.raises(InputError, match="pairs seed with seed"):
+        build_report(str(results), ReportArguments())
+    assert build_report(str(results), ReportArguments(seeds=[0]))["tasks"]["ner"]["columns"][0]["cells"]
+
+
+def test_report_to_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = _results_from_fixtures(tmp_path)
+    assert main([str(results), "--report_to", "wandb", "--output_dir", str(tmp_path / "t")]) == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+# ----------------------------------------------------------------------------- Fig. 1 from a results folder
+def test_distances_from_a_results_folder(tmp_path):
+    import torch
+    from transformers import AutoModel, BertForSequenceClassification
+
+    from hf_xladjust.alignment.pairs import AlignedPair, write_aligned_pairs
+    from hf_xladjust.evaluation.distances import main as distances_main
+
+    original = build_tiny_model(tmp_path / "original")
+    results = tmp_path / "results"
+
+    def save(path, model, origin):
+        model.save_pretrained(path)
+        shutil.copy(Path(original) / "tokenizer.json", path)
+        shutil.copy(Path(original) / "tokenizer_config.json", path)
+        (Path(path) / "run_args.json").write_text(json.dumps({"model": {"model_name_or_path": origin}}))
+        return str(path)
+
+    torch.manual_seed(1)
+    adjusted = AutoModel.from_pretrained(original)
+    with torch.no_grad():
+        for p in adjusted.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    adjusted_dir = save(results / "adjust" / "es" / "seed0", adjusted, original)
+    shared = results / "shared-original-nli" / "seed0"
+    save(shared, BertForSequenceClassification.from_pretrained(original, num_labels=3), original)
+    (results / "nli" / "original").mkdir(parents=True)
+    os.symlink(results / "shared-original-nli", results / "nli" / "original" / "es")
+    save(results / "nli" / "adjusted" / "es" / "seed0",
+         BertForSequenceClassification.from_pretrained(adjusted_dir, num_labels=3), adjusted_dir)
+
+    pairs = [AlignedPair(s.split(), t.split(), [(i, i) for i in range(min(len(s.split()), len(t.split())))])
+             for s, t in zip(fixture_lines("en"), fixture_lines("es"))]
+    write_aligned_pairs(str(tmp_path / "pairs.jsonl"), pairs)
+    common = ["--pairs", str(tmp_path / "pairs.jsonl"), "--max_sentences", "10", "--seed", "3", "--device", "cpu"]
+    assert distances_main(["--results_dir", str(results), "--lang", "es", "--results_seed", "0",
+                           "--output_dir", str(tmp_path / "fig1")] + common) == 0
+    report = json.loads((tmp_path / "fig1" / "distances.json").read_text())
+    paths = {name: m["path"] for name, m in report["models"].items()}
+    assert paths == {"original": original, "adjusted": adjusted_dir,
+                     "original+nli": str(results / "nli" / "original" / "es" / "seed0"),
+                     "adjusted+nli": str(results / "nli" / "adjusted" / "es" / "seed0")}
+    assert (tmp_path / "fig1" / "distances.png").stat().st_size > 0
+    # The same numbers as naming the folders by hand; the task models measure their own encoders.
+    assert distances_main([a for name, path in paths.items() for a in ("--model", f"{name}={path}")]
+                          + ["--output_dir", str(tmp_path / "by_hand")] + common) == 0
+    by_hand = json.loads((tmp_path / "by_hand" / "distances.json").read_text())["models"]
+    for name in paths:
+        assert report["models"][name]["related_mean"] == by_hand[name]["related_mean"]
+    assert report["models"]["adjusted"]["related_mean"] != report["models"]["original"]["related_mean"]
+    assert report["models"]["original+nli"]["related_mean"] == pytest.approx(
+        report["models"]["original"]["related_mean"])  # fine-tuning never ran: the same encoder weights
+    # A missing language is an error naming the folder.
+    assert distances_main(["--results_dir", str(results), "--lang", "hi", "--results_seed", "0",
+                           "--output_dir", str(tmp_path / "none")] + common) == 1
