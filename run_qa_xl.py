@@ -48,14 +48,13 @@ from hf_xladjust.tasks.qa import (
     QASet,
     check_unique_names,
     examples_from_hub,
-    examples_to_columns,
     load_qa_set,
     mlqa_sets,
     named_sets,
     postprocess_qa_predictions,
-    prepare_train_features,
     read_squad_json,
     score_set,
+    train_features,
     tydiqa_sets,
     validation_features,
     write_qa_predictions,
@@ -268,13 +267,11 @@ def main():
 
     train_dataset = None
     if training_args.do_train:
-        train_raw = datasets.Dataset.from_dict(examples_to_columns(train_examples))
+        source = data_args.train_file or f"{data_args.dataset_name}:train"
         with training_args.main_process_first(desc="train dataset map pre-processing"):
-            train_dataset = train_raw.map(
-                prepare_train_features, batched=True, remove_columns=train_raw.column_names,
-                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length, "doc_stride": doc_stride,
-                           "pad_to_max_length": data_args.pad_to_max_length},
-                desc="Running tokenizer on train dataset", **map_kwargs)
+            train_dataset = train_features(train_examples, source, tokenizer, max_seq_length, doc_stride,
+                                           data_args.pad_to_max_length,
+                                           dict(map_kwargs, desc="Running tokenizer on train dataset"))
         logger.info(f"{len(train_examples)} training questions -> {len(train_dataset)} windows")
         # Log a few random samples from the training set:
         for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):

@@ -311,10 +311,19 @@ def examples_to_columns(examples: Iterable[QAExample]) -> Dict[str, list]:
 
 # ---- features ------------------------------------------------------------------------------------
 
-def _tokenize(tokenizer, questions, contexts, max_seq_length, doc_stride, pad_to_max_length):
+def _tokenize(tokenizer, questions, contexts, max_seq_length, doc_stride, pad_to_max_length, ids=None):
     pad_on_right = tokenizer.padding_side == "right"
     # Leading whitespace of a question would take room from the context (as upstream).
     questions = [q.lstrip() for q in questions]
+    # A question that leaves no more than `doc_stride` tokens for the context cannot be windowed (the
+    # tokenizer would abort the process): say which one, instead of truncating it silently.
+    room = max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride
+    lengths = [len(q) for q in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    for i, n in enumerate(lengths):
+        if n >= room:
+            raise InputError(f"question {ids[i] if ids else i!r} has {n} tokens: a window of {max_seq_length} tokens "
+                             f"with a stride of {doc_stride} leaves no room for its context (raise --max_seq_length "
+                             f"or lower --doc_stride)")
     return tokenizer(
         questions if pad_on_right else contexts,
         contexts if pad_on_right else questions,
@@ -332,7 +341,7 @@ def prepare_train_features(batch: Dict[str, list], tokenizer, max_seq_length: in
     """Training windows with `start_positions`/`end_positions` of the first gold answer, or of the
     CLS token where the window's context does not contain the whole answer (upstream's labelling)."""
     tokenized, context_index = _tokenize(tokenizer, batch["question"], batch["context"], max_seq_length,
-                                         doc_stride, pad_to_max_length)
+                                         doc_stride, pad_to_max_length, batch.get("id"))
     sample_mapping = tokenized.pop("overflow_to_sample_mapping")
     offset_mapping = tokenized.pop("offset_mapping")
     tokenized["start_positions"], tokenized["end_positions"] = [], []
@@ -371,15 +380,16 @@ def prepare_train_features(batch: Dict[str, list], tokenizer, max_seq_length: in
     return tokenized
 
 
-def prepare_validation_features(batch: Dict[str, list], tokenizer, max_seq_length: int = 384,
-                                doc_stride: int = 128, pad_to_max_length: bool = False,
-                                first_index: int = 0) -> Dict[str, list]:
-    """Evaluation windows with `example_index` (the question's position in its set; `first_index` is
-    the position of the batch's first question) and `offset_mapping`, [-1, -1] outside the context."""
+def prepare_validation_features(batch: Dict[str, list], indices: Optional[List[int]] = None, tokenizer=None,
+                                max_seq_length: int = 384, doc_stride: int = 128,
+                                pad_to_max_length: bool = False) -> Dict[str, list]:
+    """Evaluation windows with `example_index` (the question's position in its set: `indices`, as
+    `Dataset.map(with_indices=True)` passes them) and `offset_mapping`, [-1, -1] outside the context."""
+    indices = list(range(len(batch["question"]))) if indices is None else indices
     tokenized, context_index = _tokenize(tokenizer, batch["question"], batch["context"], max_seq_length,
-                                         doc_stride, pad_to_max_length)
+                                         doc_stride, pad_to_max_length, batch.get("id"))
     sample_mapping = tokenized.pop("overflow_to_sample_mapping")
-    tokenized["example_index"] = [first_index + int(s) for s in sample_mapping]
+    tokenized["example_index"] = [indices[s] for s in sample_mapping]
     for i in range(len(tokenized["input_ids"])):
         sequence_ids = tokenized.sequence_ids(i)
         tokenized["offset_mapping"][i] = [list(o) if sequence_ids[k] == context_index else [-1, -1]
@@ -387,17 +397,32 @@ def prepare_validation_features(batch: Dict[str, list], tokenizer, max_seq_lengt
     return tokenized
 
 
+def _map(examples: Sequence[QAExample], source: str, function, map_kwargs: Optional[dict], **kwargs):
+    import datasets
+
+    dataset = datasets.Dataset.from_dict(examples_to_columns(examples))
+    try:
+        return dataset.map(function, batched=True, remove_columns=dataset.column_names, **kwargs,
+                           **(map_kwargs or {}))
+    except InputError as err:  # a question too long for the window: name its file
+        raise InputError(err.reason, source) from None
+
+
+def train_features(examples: Sequence[QAExample], source: str, tokenizer, max_seq_length: int = 384,
+                   doc_stride: int = 128, pad_to_max_length: bool = False, map_kwargs: Optional[dict] = None):
+    """The training windows (`prepare_train_features`) of `examples`, as a `datasets.Dataset`."""
+    return _map(examples, source, prepare_train_features, map_kwargs,
+                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length, "doc_stride": doc_stride,
+                           "pad_to_max_length": pad_to_max_length})
+
+
 def validation_features(qa_set: QASet, tokenizer, max_seq_length: int = 384, doc_stride: int = 128,
                         pad_to_max_length: bool = False, map_kwargs: Optional[dict] = None) -> QAFeatures:
     """Tokenise a set into windows (a `datasets.Dataset` of model inputs) and the arrays post-processing
     needs; stored on `qa_set.features` too."""
-    import datasets
-
-    dataset = datasets.Dataset.from_dict(examples_to_columns(qa_set.examples))
-    features = dataset.map(
-        lambda batch, indices: prepare_validation_features(batch, tokenizer, max_seq_length, doc_stride,
-                                                           pad_to_max_length, indices[0]),
-        batched=True, with_indices=True, remove_columns=dataset.column_names, **(map_kwargs or {}))
+    features = _map(qa_set.examples, qa_set.source, prepare_validation_features, map_kwargs, with_indices=True,
+                    fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length, "doc_stride": doc_stride,
+                               "pad_to_max_length": pad_to_max_length})
     example_index = np.asarray(features["example_index"], dtype=np.int64)
     offset_lists = features["offset_mapping"]
     width = max(len(o) for o in offset_lists)
