@@ -1,0 +1,97 @@
+"""NER scores over word-level BIO tags: token-level micro F1 and seqeval's entity-level P/R/F1.
+
+Token-level micro F1 (the paper's NER measure). Every word is one decision. The classes that enter
+the micro average are all tags except `O`, each full tag its own class (`B-PER` and `I-PER` differ):
+
+    tp = words with pred == gold != O
+    fp = words with pred != O and pred != gold
+    fn = words with gold != O and pred != gold
+    P = tp / (tp + fp), R = tp / (tp + fn), F1 = 2tp / (2tp + fp + fn)   (0 when a denominator is 0)
+
+`O` is never a class of its own: a word tagged `O` on both sides counts nowhere, and a confusion
+between two entity tags is both a false positive and a false negative (as in scikit-learn's
+`f1_score(average="micro", labels=<every tag but O>)`). Counting `O` as a class would make micro F1
+equal to word accuracy, which `O` (about half of WikiANN's words) dominates; that accuracy is
+reported separately as `accuracy`.
+
+Entity-level precision/recall/F1 are those of `seqeval.metrics` in its default (conlleval-compatible)
+mode, as XTREME's `run_tag.py` and the HF token-classification example compute them: an entity is a
+maximal B-/I- span of one type (a stray `I-X` opens one), and only exact spans of the right type count.
+"""
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+OUTSIDE = "O"
+
+
+def counts(gold_tags: Sequence[str], pred_tags: Sequence[str], outside: str = OUTSIDE) -> Tuple[int, int, int]:
+    """(tp, fp, fn) of one sentence for token-level micro F1 (see the module docstring). The counts of
+    several sentences add up, so a paired permutation test can re-score F1 from per-sentence counts."""
+    if len(gold_tags) != len(pred_tags):
+        raise ValueError(f"{len(gold_tags)} gold tags but {len(pred_tags)} predicted tags")
+    gold, pred = np.asarray(gold_tags, dtype=object), np.asarray(pred_tags, dtype=object)
+    return _counts(gold, pred, outside)
+
+
+def _counts(gold: np.ndarray, pred: np.ndarray, outside: str) -> Tuple[int, int, int]:
+    same = gold == pred
+    return (int((same & (gold != outside)).sum()), int((~same & (pred != outside)).sum()),
+            int((~same & (gold != outside)).sum()))
+
+
+def _flatten(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> Tuple[np.ndarray, np.ndarray]:
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted ones")
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: {len(g)} gold tags but {len(p)} predicted tags")
+    flat = [np.asarray([t for s in side for t in s], dtype=object) for side in (gold, pred)]
+    return flat[0], flat[1]
+
+
+def prf(tp: int, fp: int, fn: int) -> Tuple[float, float, float]:
+    """Precision, recall and F1 from counts; 0 for an empty denominator."""
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0
+    return precision, recall, f1
+
+
+def token_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                 outside: str = OUTSIDE) -> Dict[str, float]:
+    """Token-level micro precision, recall and F1 over sentences of word tags, and word accuracy."""
+    g, p = _flatten(gold, pred)
+    precision, recall, f1 = prf(*_counts(g, p, outside))
+    return {"token_precision": precision, "token_recall": recall, "token_f1": f1,
+            "accuracy": float((g == p).mean()) if g.size else 0.0}
+
+
+def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                  per_type: bool = False) -> Dict[str, float]:
+    """seqeval's entity-level micro precision, recall and F1 (default mode); with `per_type`, also
+    `{type}_precision`/`_recall`/`_f1`/`_number` for every entity type in the gold or predicted tags."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+    _flatten(gold, pred)  # the same shape checks as the token scores
+    gold, pred = [list(s) for s in gold], [list(s) for s in pred]
+    scores = {"precision": float(precision_score(gold, pred, zero_division=0)),
+              "recall": float(recall_score(gold, pred, zero_division=0)),
+              "f1": float(f1_score(gold, pred, zero_division=0))}
+    if per_type:
+        report = classification_report(gold, pred, output_dict=True, zero_division=0)
+        for name, values in report.items():
+            if name.endswith(" avg"):
+                continue
+            for key, short in (("precision", "precision"), ("recall", "recall"), ("f1-score", "f1"),
+                               ("support", "number")):
+                scores[f"{name}_{short}"] = float(values[key]) if short != "number" else int(values[key])
+    return scores
+
+
+def tagging_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                    per_type: bool = False) -> Dict[str, float]:
+    """Every NER score of a set: token_f1/token_precision/token_recall (token-level micro, without `O`),
+    f1/precision/recall (seqeval entity level) and accuracy (all words, `O` included)."""
+    return {**token_scores(gold, pred), **entity_scores(gold, pred, per_type)}
+

@@ -1,0 +1,376 @@
+#!/usr/bin/env python
+"""Fine-tune a multilingual encoder on English WikiANN NER and evaluate it zero-shot on other languages;
+optionally with continual cross-lingual alignment (Eq. 2).
+
+A fork of the HF example `examples/pytorch/token-classification/run_ner.py`, kept in its shape (parse,
+log, seed, data, model, preprocess, Trainer, train, evaluate, predict, metrics); the NER logic lives in
+`hf_xladjust.tasks.ner` and the scores in `hf_xladjust.evaluation.tagging`. `--do_eval` evaluates on the
+validation sets and `--do_predict` on the test sets of English and every `--eval_languages` language.
+Every gold word is scored at the word level (a word cut off by `--max_seq_length` is predicted `O` and
+counted); an unlabelled set (XTREME's test files) gets predictions only. Examples:
+
+    # Hub data
+    python run_ner_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name wikiann \\
+        --do_train --do_eval --do_predict --output_dir out/ner
+
+    # local XTREME tsv files, continual alignment with Spanish
+    python run_ner_xl.py --model_name_or_path out/adjusted-es --train_file wikiann/train-en.tsv \\
+        --validation_file_pattern 'wikiann/dev-{lang}.tsv' --do_train --do_eval \\
+        --align_source_file wiki.en --align_target_file wiki.es --target_lang es \\
+        --anchor_model_name_or_path bert-base-multilingual-cased --output_dir out/ner-cont
+"""
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import datasets
+import numpy as np
+from transformers import (
+    AutoConfig,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+    EvalPrediction,
+    HfArgumentParser,
+    PreTrainedTokenizerFast,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from hf_xladjust.alignment.loss import AlignmentLossArguments
+from hf_xladjust.alignment.pairs import AlignmentDataArguments
+from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.evaluation.tagging import tagging_metrics
+from hf_xladjust.tasks.ner import (
+    LABELS,
+    OUTSIDE,
+    encode_examples,
+    is_labelled,
+    load_ner_examples,
+    model_label_ids,
+    word_predictions,
+    write_predictions,
+)
+from hf_xladjust.trainers.continual import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which NER data to train and evaluate on, and how it is preprocessed."""
+
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset with one config per language (wikiann); files take precedence."}
+    )
+    train_language: str = field(default="en", metadata={"help": "Training language (Hub config); English."})
+    eval_languages: List[str] = field(
+        default_factory=lambda: ["es", "ru", "vi", "hi"],
+        metadata={"help": "Zero-shot evaluation languages; English is always evaluated too."},
+    )
+    train_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "English training file, XTREME tsv: token<TAB>tag lines, a blank line between sentences."},
+    )
+    validation_file_pattern: Optional[str] = field(
+        default=None,
+        metadata={"help": "Validation files (--do_eval) with a '{lang}' slot, e.g. 'wikiann/dev-{lang}.tsv'."},
+    )
+    test_file_pattern: Optional[str] = field(
+        default=None,
+        metadata={"help": "Test files (--do_predict) with a '{lang}' slot, e.g. 'wikiann/test-{lang}.tsv'. Files "
+                          "without a tag column (XTREME's test sets) get predictions only."},
+    )
+    tag_names: List[str] = field(
+        default_factory=lambda: list(LABELS),
+        metadata={"help": "The tag set, in the order of a new head's label ids (default: WikiANN's). A tag "
+                          "outside it is an error; it must contain 'O'."},
+    )
+    max_seq_length: int = field(
+        default=128,
+        metadata={"help": "Maximum subword tokens per sentence; words beyond it are predicted 'O' and counted "
+                          "(`{split}_{lang}_truncated_words`)."},
+    )
+    label_all_tokens: bool = field(
+        default=False,
+        metadata={"help": "Train on every subword of a word (B-X becomes I-X after the first) instead of the "
+                          "first only (-100 on the others). Evaluation always reads the first subword."},
+    )
+    return_entity_level_metrics: bool = field(
+        default=False, metadata={"help": "Also report seqeval's precision/recall/F1 per entity type."}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every sentence to max_seq_length instead of padding per batch."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-run the tokenisation of cached datasets."})
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenisation."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N training sentences."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep the first N sentences of every validation set."}
+    )
+    max_predict_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep the first N sentences of every test set."}
+    )
+
+    def __post_init__(self):
+        for name in ("validation_file_pattern", "test_file_pattern"):
+            pattern = getattr(self, name)
+            if pattern and "{lang}" not in pattern:
+                raise ValueError(f"--{name} needs a '{{lang}}' slot, got {pattern!r}")
+        if OUTSIDE not in self.tag_names or len(set(self.tag_names)) != len(self.tag_names):
+            raise ValueError(f"--tag_names must be distinct tags including {OUTSIDE!r}, got {self.tag_names}")
+
+
+@dataclass
+class NERTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's WikiANN fine-tuning: lr 2e-5 decaying linearly to 0 without
+    warm-up, 3 epochs, batch 32, AdamW ε=1e-6 (transformers' AdamW, which its loop used), no clipping."""
+
+    learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate (paper: 2e-5)."})
+    adam_epsilon: float = field(
+        default=1e-6, metadata={"help": "AdamW ε (the paper's loop: transformers' AdamW, default 1e-6)."}
+    )
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as the paper's loop."}
+    )
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the English data (paper: 3)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
+
+
+def main():
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
+         AlignmentLossArguments, NERTrainingArguments)
+    )
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        parsed = parser.parse_args_into_dataclasses()
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parsed
+
+    # Setup logging
+    setup_logging(training_args, logger)
+    logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
+                   f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value}, "
+                   f"16-bits training: {training_args.fp16 or training_args.bf16}")
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    # Set seed before initializing model.
+    set_seed(training_args.seed)
+
+    # Load the data: the English training set; validation and test sets of English and every evaluation language.
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    label_names = list(data_args.tag_names)
+    languages = list(dict.fromkeys(["en"] + list(data_args.eval_languages)))
+    train_examples = None
+    if training_args.do_train:
+        if not (data_args.train_file or data_args.dataset_name):
+            raise ValueError("--do_train needs --train_file or --dataset_name")
+        train_examples, train_source = load_ner_examples(
+            data_args.train_file, data_args.dataset_name, data_args.train_language, "train",
+            data_args.max_train_samples, label_names, **hub_kwargs)
+        if not is_labelled(train_examples):
+            raise ValueError(f"the training set {train_source} has no tags")
+
+    eval_sets = {}  # split -> {language -> (examples, source)}
+    for split, do_it, pattern, hub_split, max_samples in (
+        ("eval", training_args.do_eval, data_args.validation_file_pattern, "validation", data_args.max_eval_samples),
+        ("test", training_args.do_predict, data_args.test_file_pattern, "test", data_args.max_predict_samples),
+    ):
+        if not do_it:
+            continue
+        if not (pattern or data_args.dataset_name):
+            flag = "--validation_file_pattern" if split == "eval" else "--test_file_pattern"
+            raise ValueError(f"--do_{'eval' if split == 'eval' else 'predict'} needs {flag} or --dataset_name")
+        eval_sets[split] = {lang: load_ner_examples(pattern.format(lang=lang) if pattern else None,
+                                                    data_args.dataset_name, lang, hub_split, max_samples,
+                                                    label_names, **hub_kwargs)
+                            for lang in languages}
+
+    # Load pretrained model and tokenizer. A bare encoder gets our tag set as its labels; an already
+    # fine-tuned tagger keeps its label ids, and its tag set must be the data's.
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        finetuning_task="ner",
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    label_to_id = model_label_ids(config, label_names, model_args.config_name or model_args.model_name_or_path)
+    id_to_label = np.array([config.id2label[i] for i in range(len(config.id2label))], dtype=object)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        use_fast=True,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+        add_prefix_space=True if config.model_type in {"bloom", "gpt2", "roberta", "deberta"} else None,
+    )
+    model = AutoModelForTokenClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+    # Tokenizer check: this script requires a fast tokenizer (word_ids() maps subwords to words).
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise ValueError("This script needs a fast tokenizer (word_ids() maps subwords back to words).")
+
+    # Preprocessing the datasets
+    padding = "max_length" if data_args.pad_to_max_length else False
+    max_seq_length = data_args.max_seq_length
+    if max_seq_length > tokenizer.model_max_length:
+        logger.warning(f"--max_seq_length {max_seq_length} is longer than the model's maximum "
+                       f"({tokenizer.model_max_length}); using {tokenizer.model_max_length}.")
+        max_seq_length = tokenizer.model_max_length
+
+    def tokenize_and_align_labels(examples, labelled):
+        return encode_examples(tokenizer, examples["tokens"], examples["tags"] if labelled else None, label_to_id,
+                               max_seq_length, data_args.label_all_tokens, padding)
+
+    def to_features(examples, desc):
+        labelled = is_labelled(examples)
+        columns = {"tokens": [ex.tokens for ex in examples]}
+        if labelled:
+            columns["tags"] = [ex.tags for ex in examples]
+        dataset = datasets.Dataset.from_dict(columns)
+        with training_args.main_process_first(desc=desc):
+            return dataset.map(tokenize_and_align_labels, batched=True, remove_columns=dataset.column_names,
+                               fn_kwargs={"labelled": labelled}, num_proc=data_args.preprocessing_num_workers,
+                               load_from_cache_file=not data_args.overwrite_cache, desc=desc)
+
+    bookkeeping = ["word_index", "truncated_words", "untokenized_words"]  # ours, not the model's
+    train_dataset = None
+    if training_args.do_train:
+        train_features = to_features(train_examples, "Running tokenizer on train dataset")
+        cut = sum(train_features["truncated_words"])
+        if cut:
+            logger.warning(f"{cut} training words are beyond --max_seq_length {max_seq_length} and not trained on.")
+        train_dataset = train_features.remove_columns(bookkeeping)
+        # Log a few random samples from the training set:
+        for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
+            logger.info(f"Sample {index} of the training set: {train_dataset[index]}.")
+    eval_features = {split: {lang: to_features(examples, f"Running tokenizer on {split} {lang}")
+                             for lang, (examples, _) in sets.items()}
+                     for split, sets in eval_sets.items()}
+
+    # Data collator
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        data_collator = DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None)
+
+    # Metrics during training (--eval_strategy): over the labelled subwords, as upstream. The final
+    # evaluation below scores words instead, truncated ones included.
+    def compute_metrics(p: EvalPrediction):
+        preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        preds = np.argmax(preds, axis=2)
+        keep = [label != -100 for label in p.label_ids]
+        gold = [list(id_to_label[label[k]]) for label, k in zip(p.label_ids, keep)]
+        pred = [list(id_to_label[pr[k]]) for pr, k in zip(preds, keep)]
+        return tagging_metrics(gold, pred)
+
+    # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor
+    # (the original model, also when fine-tuning starts from an adjusted one, as in the paper's code).
+    # Without aligned data ContinualAlignTrainer is the plain Trainer, plus its check that the task
+    # loss is scaled right under gradient accumulation: baseline and continual runs train alike.
+    trainer_kwargs = {}
+    if cont_args.enabled and training_args.do_train:
+        with training_args.main_process_first(desc="aligned pairs for continual alignment"):
+            trainer_kwargs = continual_kwargs(
+                cont_args, align_data_args, loss_args, tokenizer, model_args.model_name_or_path,
+                seed=training_args.seed,
+                alignment_cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
+                cache_dir=model_args.cache_dir, token=model_args.token,
+                trust_remote_code=model_args.trust_remote_code,
+            )
+        logger.info(f"Continual alignment on {len(trainer_kwargs['align_dataset'])} sentence pairs, "
+                    f"weight {cont_args.align_weight}")
+    elif cont_args.enabled:
+        logger.warning("Aligned data given without --do_train: continual alignment is not used.")
+
+    in_training_eval = {lang: features.remove_columns(bookkeeping)
+                        for lang, features in eval_features.get("eval", {}).items()
+                        if "labels" in features.column_names}
+
+    # Initialize our Trainer
+    trainer = ContinualAlignTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=in_training_eval or None,
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        **trainer_kwargs,
+    )
+
+    # Training
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.save_model()  # Saves the tokenizer too, and the config with label2id/id2label
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    # Evaluation (validation sets) and prediction (test sets), scored at the word level: every gold
+    # word, a word without a logit (cut off by the maximum length) predicted O.
+    trainer.compute_metrics = None
+    fill_id = label_to_id[OUTSIDE]
+    for split, sets in eval_sets.items():
+        logger.info(f"*** {'Evaluate' if split == 'eval' else 'Predict'} ***")
+        metrics = {}
+        for lang, (examples, source) in sets.items():
+            prefix = f"{split}_{lang}"
+            features = eval_features[split][lang]
+            output = trainer.predict(features.remove_columns(bookkeeping), metric_key_prefix=prefix)
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            word_ids = word_predictions(np.argmax(logits, axis=2), features["word_index"],
+                                        [len(ex.tokens) for ex in examples], fill_id)
+            preds = [list(id_to_label[ids]) for ids in word_ids]
+            truncated = features["truncated_words"]
+            untokenized = features["untokenized_words"]
+            metrics.update(output.metrics)
+            metrics[f"{prefix}_samples"] = len(examples)
+            metrics[f"{prefix}_words"] = sum(len(ex.tokens) for ex in examples)
+            metrics[f"{prefix}_truncated_words"] = sum(truncated)
+            metrics[f"{prefix}_truncated_sentences"] = sum(1 for n in truncated if n)
+            metrics[f"{prefix}_untokenized_words"] = sum(untokenized)
+            if sum(truncated) or sum(untokenized):
+                logger.warning(f"{source}: {sum(truncated)} word(s) in {metrics[f'{prefix}_truncated_sentences']} "
+                               f"sentence(s) beyond --max_seq_length {max_seq_length} and {sum(untokenized)} "
+                               f"word(s) without any subword are predicted {OUTSIDE!r} and scored.")
+            if is_labelled(examples):
+                scores = tagging_metrics([ex.tags for ex in examples], preds, data_args.return_entity_level_metrics)
+                metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
+            else:
+                logger.warning(f"{source} has no tags: predictions only, no score is computed for {prefix}.")
+            if trainer.is_world_process_zero():
+                write_predictions(os.path.join(training_args.output_dir, f"predictions_{prefix}.jsonl"),
+                                  examples, preds, truncated)
+        trainer.log_metrics(split, metrics)
+        trainer.save_metrics(split, metrics)
+
+    if trainer.is_world_process_zero():
+        continual = cont_args.enabled
+        write_run_args(training_args.output_dir, model=model_args, data=data_args, labels=label_names,
+                       max_seq_length_used=max_seq_length, continual=cont_args if continual else None,
+                       alignment=align_data_args if continual else None, loss=loss_args if continual else None,
+                       training=training_args)
+
+
+if __name__ == "__main__":
+    run_main(main)
