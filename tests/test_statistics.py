@@ -76,7 +76,7 @@ def test_permutation_test_equals_brute_force_enumeration():
     assert p > 0.05
 
 
-def test_permutation_test_sampled_is_seeded_and_close_to_exact():
+def test_permutation_test_sampled_is_seeded_and_close_to_exact():  # both samplers
     rng = np.random.default_rng(1)
     n = 16  # 65,536 swap patterns: scipy samples 1000 of them
     a = rng.integers(0, 4, size=(n, 3))
@@ -88,11 +88,16 @@ def test_permutation_test_sampled_is_seeded_and_close_to_exact():
     null = f1(xa) - f1(xb)
     observed = _f1_by_hand(a) - _f1_by_hand(b)
     exact = np.mean(np.abs(null) >= abs(observed) - 1e-12)
-    diff, p = permutation_test_f1(a, b, n_resamples=1000, seed=7)
-    assert diff == pytest.approx(observed)
-    assert (p * 1001) == pytest.approx(round(p * 1001))  # (hits + 1) / (1000 + 1), two-sided doubling included
-    assert permutation_test_f1(a, b, n_resamples=1000, seed=7)[1] == p  # seeded
-    assert abs(p - exact) < 0.06  # ~4 binomial standard deviations at 1000 draws
+    # scipy's sampler and the numpy one used for large inputs: the same test, different draws.
+    for method in ("scipy", "numpy"):
+        diff, p = permutation_test_f1(a, b, n_resamples=1000, seed=7, method=method)
+        assert diff == pytest.approx(observed)
+        assert (p * 1001) == pytest.approx(round(p * 1001))  # (hits + 1) / (1000 + 1), doubled for two sides
+        assert permutation_test_f1(a, b, n_resamples=1000, seed=7, method=method)[1] == p  # seeded
+        assert abs(p - exact) < 0.06  # ~4 binomial standard deviations at 1000 draws
+    assert permutation_test_f1(a, a, method="numpy")[1] == 1.0
+    # Exact enumeration always goes through scipy.
+    assert permutation_test_f1(a[:8], b[:8], method="numpy") == permutation_test_f1(a[:8], b[:8], method="scipy")
 
 
 def test_token_counts_and_f1_by_hand():
