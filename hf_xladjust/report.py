@@ -40,13 +40,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hf_xladjust.errors import InputError
+from hf_xladjust.evaluation.tagging import counts as token_counts
 from hf_xladjust.files import atomic_write, write_json
 from hf_xladjust.statistics import (
     ALPHA,
     N_RESAMPLES,
     best_layer,
     f1_from_counts,
-    local_token_counts,
     paired_ttest,
     permutation_test_f1,
     reciprocal_rank_by_layer,
@@ -80,15 +80,6 @@ _SEED_DIR = re.compile(r"^seed(\d+)$")
 _PRED_FILE = re.compile(r"^predictions_(.+)\.jsonl$")
 
 
-def _ner_counts_function() -> Callable:
-    """Per-sentence (tp, fp, fn) for token F1: the NER evaluation module's when it is installed."""
-    try:
-        from hf_xladjust.evaluation.tagging import counts
-    except ImportError:
-        return local_token_counts
-    return counts
-
-
 # ----------------------------------------------------------------------------- reading
 class UnscoredSet(Exception):
     """A prediction file of an unlabelled set (no per-example scores): its column is left out."""
@@ -116,8 +107,9 @@ def _field(record: dict, name: str, path: str, line: int):
 def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None) -> Predictions:
     """Read a `predictions_*.jsonl` file of `task`: nli `correct`; qa `f1`, `em` (in [0, 1]; a file
     whose questions all have null scores is an unlabelled set: `UnscoredSet`); xsr `ranks` (1-based,
-    one per layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts)."""
-    counts_fn = counts_fn or _ner_counts_function()
+    one per layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts of token-level micro
+    F1, `hf_xladjust.evaluation.tagging.counts`: every tag but `O` is a class)."""
+    counts_fn = counts_fn or token_counts
     ids, rows, seen = [], [], set()
     try:
         f = open(path, encoding="utf-8")
@@ -461,7 +453,7 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
     tasks = args.tasks or [t for t in TASKS if os.path.isdir(os.path.join(results_dir, t))]
     if not tasks:
         raise InputError(f"no task folder ({', '.join(TASKS)}) in the results folder", results_dir)
-    counts_fn = _ner_counts_function()
+    counts_fn = token_counts
     report = {"settings": {"results_dir": os.path.abspath(results_dir), **asdict(args),
                            "std": "over seeds, ddof=1", "metric_scale": "fractions (tables show x100)",
                            "ner_counts": f"{counts_fn.__module__}.{counts_fn.__name__}"},

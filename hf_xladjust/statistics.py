@@ -141,17 +141,3 @@ def best_layer(mrr_by_seed: np.ndarray) -> int:
     over seeds and tested like any per-example metric."""
     return int(np.argmax(np.asarray(mrr_by_seed, dtype=np.float64).mean(axis=0)))
 
-
-def local_token_counts(gold_tags: Sequence[str], pred_tags: Sequence[str]) -> Tuple[int, int, int]:
-    """(tp, fp, fn) of one sentence for token-level micro F1 over the entity tags (every tag but `O`;
-    `B-PER` and `I-PER` are different tags): tp = tokens with pred == gold != O, fp = pred != O and
-    pred != gold, fn = gold != O and pred != gold.
-
-    A stand-in until the NER evaluation module's own per-sentence counts exist; the report uses
-    those when present (`hf_xladjust.evaluation.tagging.counts`)."""
-    if len(gold_tags) != len(pred_tags):
-        raise ValueError(f"{len(gold_tags)} gold tags but {len(pred_tags)} predicted tags")
-    gold, pred = np.asarray(gold_tags, dtype=object), np.asarray(pred_tags, dtype=object)
-    same = gold == pred
-    return (int((same & (gold != "O")).sum()), int((~same & (pred != "O")).sum()),
-            int((~same & (gold != "O")).sum()))

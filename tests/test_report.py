@@ -13,7 +13,8 @@ from conftest import build_tiny_model, fixture_lines
 from scipy import stats
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.report import ReportArguments, _ner_counts_function, build_report, column_for, main, read_predictions
+from hf_xladjust.evaluation.tagging import counts as token_counts
+from hf_xladjust.report import ReportArguments, build_report, column_for, main, read_predictions
 from hf_xladjust.statistics import permutation_test_f1
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
@@ -224,7 +225,7 @@ def test_ner_permutation_test_over_all_seeds(tmp_path):
     rng = np.random.default_rng(2)
     results, sentences = tmp_path / "r", 12
     gold = [_tags(rng, int(rng.integers(2, 7))) for _ in range(sentences)]
-    counts, token_counts = {}, _ner_counts_function()  # the NER module's counts when present
+    counts = {}
     for regime, noise in (("original", 0.6), ("adjusted", 0.2)):
         for seed in (0, 1):
             preds = [[t if rng.random() > noise else rng.choice(["O", "B-PER", "B-LOC"]) for t in g] for g in gold]

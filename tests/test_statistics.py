@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from hf_xladjust.evaluation.tagging import counts as token_counts
 from hf_xladjust.statistics import (
     best_layer,
     f1_from_counts,
-    local_token_counts,
     paired_ttest,
     permutation_test_f1,
     sample_std,
@@ -100,23 +100,21 @@ def test_permutation_test_sampled_is_seeded_and_close_to_exact():  # both sample
     assert permutation_test_f1(a[:8], b[:8], method="numpy") == permutation_test_f1(a[:8], b[:8], method="scipy")
 
 
-def test_token_counts_and_f1_by_hand():
+def test_f1_statistic_from_sentence_counts_by_hand():
     gold = ["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG"]
     pred = ["B-PER", "B-PER", "B-LOC", "B-LOC", "O", "O"]
-    # tp: B-PER, B-LOC (2); fp: B-PER for I-PER, B-LOC for O (2); fn: I-PER, B-ORG (2)
-    assert local_token_counts(gold, pred) == (2, 2, 2)
-    assert local_token_counts(["O", "O"], ["O", "O"]) == (0, 0, 0)
-    with pytest.raises(ValueError):
-        local_token_counts(["O"], ["O", "O"])
+    # Token-level micro F1 without O: tp B-PER, B-LOC (2); fp B-PER for I-PER, B-LOC for O (2); fn I-PER, B-ORG (2)
+    assert token_counts(gold, pred) == (2, 2, 2)
     assert f1_from_counts(2, 2, 2) == pytest.approx(0.5)
     assert f1_from_counts(0, 0, 0) == 0.0
     np.testing.assert_allclose(f1_from_counts([1, 0, 3], [1, 2, 0], [0, 0, 1]), [2 / 3, 0.0, 6 / 7])
-    # The permutation test's statistic is F1 over the summed sentence counts.
-    s2 = (["B-PER", "O"], ["B-PER", "B-PER"])  # tp 1, fp 1
-    a = np.array([local_token_counts(gold, pred), local_token_counts(*s2)])
-    b = np.array([local_token_counts(gold, gold), local_token_counts(s2[0], s2[0])])
+    # The permutation test's statistic is F1 over the summed sentence counts (not a mean of sentence F1s):
+    # A = (2, 2, 2) + (1, 1, 0) -> 2*3 / (2*3 + 3 + 2); B is perfect on both sentences -> 1.
+    s2 = (["B-PER", "O"], ["B-PER", "B-PER"])
+    a = np.array([token_counts(gold, pred), token_counts(*s2)])
+    b = np.array([token_counts(gold, gold), token_counts(s2[0], s2[0])])
     diff, _ = permutation_test_f1(a, b)
-    assert diff == pytest.approx(2 * 3 / (2 * 3 + 3 + 2) - 1.0)
+    assert diff == pytest.approx(6 / 11 - 1.0)
 
 
 def test_marks_follow_the_rule():
