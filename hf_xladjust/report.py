@@ -8,7 +8,8 @@ experiment grid: `RESULTS/{task}/{regime}/{lang}/seed{n}/predictions_{split}_{se
 `predictions_{set}.jsonl`), task in nli/ner/qa/xsr, regime in original/adjusted/adjusted_cont/original_cont.
 A language folder contributes the sets whose name (split on `_` and `-`) contains its language code,
 plus English-only sets (reported as `en (lang)`: the English score of that folder's model), so an
-`original` folder shared by all languages (one model evaluated on every language) is read correctly.
+`original` folder shared by all languages (one model evaluated on every language) is read correctly
+(the grid's own copy of it, `{task}/original/all/`, is read through the language folders' links).
 
 One table per task, in the shape of the paper's Tables 2-5: rows Original / Adjusted / Adj + cont
 (and Orig + cont when present), one column per evaluation set, each cell the mean over seeds of the
@@ -76,6 +77,9 @@ LANGUAGE_CODES = frozenset(
     "af ar bg bn de el en es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr ms my nl pt ru sw ta te th tl "
     "tr ur vi yo zh".split())
 SPLITS = ("train", "eval", "validation", "dev", "test", "predict")
+# The grid runs the original model once for all languages in `{task}/original/all/seed{n}` and links
+# `{lang}/seed{n}` to it: it is read through those links, not as a language of its own.
+SHARED_FOLDER = "all"
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 _PRED_FILE = re.compile(r"^predictions_(.+)\.jsonl$")
 
@@ -257,7 +261,7 @@ def discover(results_dir: str, task: str, split: str = "test", languages: Option
     for extra in sorted(set(os.listdir(task_dir)) - set(REGIMES)):
         logger.warning("%s: not a regime (%s), skipped", os.path.join(task_dir, extra), ", ".join(REGIMES))
     folders = sorted({lang for r in regimes for lang in os.listdir(os.path.join(task_dir, r))
-                      if os.path.isdir(os.path.join(task_dir, r, lang))})
+                      if os.path.isdir(os.path.join(task_dir, r, lang)) and lang != SHARED_FOLDER})
     langs = _language_order(folders, languages)
     table: Dict[Column, Dict[str, Dict[int, str]]] = {}
     for regime in regimes:

@@ -38,17 +38,25 @@ Adj + cont,-,-,90.0*,"95.0*,**"
 """
 
 
-def _results_from_fixtures(root: Path, shared_original: bool = True) -> Path:
-    """The grid's layout: nli/{regime}/{lang}/seed{n}; the original model's folder (all languages'
-    files) is shared by the language folders through symlinks, or copied into each."""
+def _results_from_fixtures(root: Path, original: str = "grid") -> Path:
+    """The grid's layout, nli/{regime}/{lang}/seed{n}, with the original model's files (every
+    language's) in nli/original/all/seed{n} linked from {lang}/seed{n} ("grid"), or a language
+    folder linked to a shared one ("links"), or copied into each language folder ("copies")."""
     results = root / "results"
     shutil.copytree(FIXTURES / "nli", results / "nli")
-    (results / "nli" / "original").mkdir()
+    orig = results / "nli" / "original"
+    if original == "grid":
+        shutil.copytree(FIXTURES / "original_all", orig / "all")
     for lang in ("es", "ru"):
-        if shared_original:
-            os.symlink(FIXTURES / "original_all", results / "nli" / "original" / lang, target_is_directory=True)
+        if original == "grid":
+            for seed in ("seed0", "seed1"):
+                (orig / lang).mkdir(parents=True, exist_ok=True)
+                os.symlink(orig / "all" / seed, orig / lang / seed, target_is_directory=True)
+        elif original == "links":
+            orig.mkdir(exist_ok=True)
+            os.symlink(FIXTURES / "original_all", orig / lang, target_is_directory=True)
         else:
-            shutil.copytree(FIXTURES / "original_all", results / "nli" / "original" / lang)
+            shutil.copytree(FIXTURES / "original_all", orig / lang)
     return results
 
 
@@ -63,9 +71,9 @@ def _ttest_by_hand(a, b):
     return 2 * stats.t.sf(abs(t), len(d) - 1)
 
 
-@pytest.mark.parametrize("shared_original", [True, False])
-def test_report_reproduces_the_hand_made_table(tmp_path, capsys, shared_original):
-    results = _results_from_fixtures(tmp_path, shared_original)
+@pytest.mark.parametrize("original", ["grid", "links", "copies"])
+def test_report_reproduces_the_hand_made_table(tmp_path, capsys, original):
+    results = _results_from_fixtures(tmp_path, original)
     out = tmp_path / "tables"
     assert main([str(results), "--output_dir", str(out)]) == 0
     assert (out / "nli.md").read_text() == EXPECTED_MD
