@@ -25,7 +25,8 @@ p < 0.05:
 * ner: token-level micro F1; paired permutation test over the concatenated sentences of all seeds
   (seed s of one regime paired with seed s of the other), re-scoring F1 on each permutation.
 
-Writes `report.md` (all tables), `{task}.md` and `{task}.csv`, and `report.json` with every mean,
+Writes `report.md` (all tables, each followed by the p-values behind its marks), `{task}.md` and
+`{task}.csv` (the table alone), and `report.json` with every mean,
 standard deviation over seeds (ddof=1), per-seed value and p-value.
 """
 import csv
@@ -401,6 +402,35 @@ def task_table(task: str, columns: Dict[Column, Dict[str, dict]],
     return header, rows
 
 
+def _p_text(p: Optional[float]) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def p_value_table(task: str, columns: Dict[Column, Dict[str, dict]]) -> Tuple[List[str], List[List[str]]]:
+    """The p-values behind the marks: `p vs Original / p vs Adjusted` per cell (QA: F1 then EM), for
+    every row but Original."""
+    regimes = [r for r in REGIMES[1:] if any(r in cells for cells in columns.values())]
+    header = ["p (vs Original / vs Adjusted)"] + [col.label for col in columns]
+    rows = []
+    for regime in regimes:
+        row = [ROW_LABELS[regime]]
+        for cells in columns.values():
+            cell = cells.get(regime)
+            if cell is None:
+                row.append("-")
+                continue
+            parts = []
+            for m in SHOWN[task]:
+                metric = cell["metrics"][m]
+                text = _p_text(metric.get("p_vs_original"))
+                if regime != "adjusted":
+                    text += " / " + _p_text(metric.get("p_vs_adjusted"))
+                parts.append(text)
+            row.append("; ".join(parts))
+        rows.append(row)
+    return header, rows
+
+
 def to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -482,9 +512,11 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
         header, rows = task_table(task, columns, args.digits)
         note = (f"Mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from Original, `**` from "
                 f"Adjusted (p < {args.alpha:g}; {TESTS[task]}).")
+        p_header, p_rows = p_value_table(task, columns)
         report["tasks"][task] = {
             "title": TITLES[task], "note": note, "header": header, "rows": rows,
             "markdown": to_markdown(header, rows), "csv": to_csv(header, rows),
+            "p_values_markdown": to_markdown(p_header, p_rows) if p_rows else "",
             "columns": [{"label": col.label, "lang": col.lang, "set": col.set_name, "english": col.english,
                          "cells": cells} for col, cells in columns.items()],
         }
@@ -500,6 +532,8 @@ def write_report(report: dict, output_dir: str) -> str:
         with atomic_write(os.path.join(output_dir, f"{task}.csv")) as f:
             f.write(t["csv"])
         parts.append(f"## {t['title']}\n\n{t['markdown']}\n{t['note']}\n")
+        if t["p_values_markdown"]:
+            parts.append(t["p_values_markdown"])
     markdown = "\n".join(parts)
     with atomic_write(os.path.join(output_dir, "report.md")) as f:
         f.write(markdown)

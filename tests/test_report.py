@@ -80,6 +80,9 @@ def test_report_reproduces_the_hand_made_table(tmp_path, capsys, original):
     assert (out / "nli.csv").read_text() == EXPECTED_CSV
     assert EXPECTED_MD in capsys.readouterr().out
     assert EXPECTED_MD in (out / "report.md").read_text()
+    # The p-values behind the marks follow each table (checked against the t formula below).
+    assert ("| Adjusted | 0.168 | - | 0.000959 | 0.591 |\n"
+            "| Adj + cont | - | - | 0.000136 / 0.168 | 0.00999 / 0.0107 |\n") in (out / "report.md").read_text()
 
     # Means, standard deviations and p-values in the JSON, recomputed here from the files.
     report = json.loads((out / "report.json").read_text())
