@@ -152,7 +152,8 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
             elif task == "xsr":
                 ranks = _field(record, "ranks", path, line_no)
                 if (not isinstance(ranks, list) or not ranks
-                        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks)):
+                        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 1
+                                   and float(r).is_integer() for r in ranks)):
                     raise InputError("'ranks' must be a non-empty list of 1-based integer ranks", path, line_no)
                 if rows and len(ranks) != len(rows[0]):
                     raise InputError(f"{len(ranks)} layers, but the first record has {len(rows[0])}", path, line_no)
