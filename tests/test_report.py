@@ -333,3 +333,28 @@ def test_distances_from_a_results_folder(tmp_path):
     # A missing language is an error naming the folder.
     assert distances_main(["--results_dir", str(results), "--lang", "hi", "--results_seed", "0",
                            "--output_dir", str(tmp_path / "none")] + common) == 1
+
+
+def test_orig_cont_row_and_argument_checks(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    results, n = tmp_path / "r", 50
+    rates = {"original": 0.5, "adjusted": 0.9, "adjusted_cont": 0.9, "original_cont": 0.5}
+    for regime, rate in rates.items():
+        for seed in (0, 1):
+            c = rng.random(n) < rate
+            _write_jsonl(results / "nli" / regime / "hi" / f"seed{seed}" / "predictions_test_hi.jsonl",
+                         [{"id": i, "correct": bool(c[i])} for i in range(n)])
+    report = build_report(str(results), ReportArguments())
+    table = report["tasks"]["nli"]
+    assert [row[0] for row in table["rows"]] == ["Original", "Adjusted", "Adj + cont", "Orig + cont"]
+    cells = table["columns"][0]["cells"]
+    m = cells["original_cont"]["metrics"]["accuracy"]
+    assert m["p_vs_original"] > 0.05 and m["p_vs_adjusted"] < 0.05 and m["marks"] == "**"
+    assert table["rows"][3][1] == f"{100 * m['mean']:.1f}**"
+    assert "p_vs_original" not in cells["original"]["metrics"]["accuracy"]
+    # Bad arguments stop before reading anything.
+    with pytest.raises(SystemExit):
+        main([str(results), "--tasks", "pos"])
+    assert "unknown task" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 1
+    assert "not a folder" in capsys.readouterr().err
