@@ -1,0 +1,62 @@
+"""Word-align a whole parallel corpus once and write Pharaoh links, one line per corpus line.
+
+The grid's shared alignment step: every seed's `run_adjust.py --aligner pharaoh --alignment_file ...`
+then samples its sentences from this one alignment, so the runs of a language differ only by their
+seed (eflomal has no seed of its own) and a rerun reproduces the first run.
+
+    python -m hf_xladjust.experiments.align --train_file en-es.txt --output_dir out/align/es
+"""
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+from hf_xladjust.alignment.aligners import align_corpus, write_pharaoh
+from hf_xladjust.alignment.parallel import read_parallel
+from hf_xladjust.cli import run_main, write_run_args
+from hf_xladjust.files import write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AlignArguments:
+    output_dir: str = field(metadata={"help": "Where alignment.pharaoh and alignment_stats.json are written."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "One file of 'source ||| target' lines."})
+    source_file: Optional[str] = field(default=None, metadata={"help": "Source side, one sentence a line."})
+    target_file: Optional[str] = field(default=None, metadata={"help": "Target side, line-aligned."})
+    aligner: str = field(default="eflomal", metadata={"help": "eflomal or fast_align."})
+    symmetrization: Optional[str] = field(
+        default=None, metadata={"help": "Default: intersect for eflomal, grow-diag-final-and for fast_align."}
+    )
+    skip_bad_lines: bool = field(
+        default=False, metadata={"help": "Skip empty/undecodable lines, as run_adjust.py --skip_bad_lines does "
+                                         "(the two must agree, or the lines no longer match)."}
+    )
+
+
+def main():
+    (args,) = HfArgumentParser(AlignArguments).parse_args_into_dataclasses()
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    start = time.time()
+    corpus = read_parallel(args.source_file, args.target_file, args.train_file, skip_bad_lines=args.skip_bad_lines)
+    symmetrization = args.symmetrization or ("grow-diag-final-and" if args.aligner == "fast_align" else "intersect")
+    links = align_corpus(corpus.src, corpus.tgt, args.aligner, symmetrization)
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_pharaoh(os.path.join(args.output_dir, "alignment.pharaoh"), links)
+    stats = {"sentence_pairs": len(links), "links": sum(map(len, links)), "aligner": args.aligner,
+             "symmetrization": symmetrization, "lines_skipped": dict(corpus.skipped),
+             "seconds": round(time.time() - start, 2)}
+    write_json(os.path.join(args.output_dir, "alignment_stats.json"), stats)
+    write_run_args(args.output_dir, align=args)
+    logger.info("aligned %d sentence pairs (%d links) in %.1f s", stats["sentence_pairs"], stats["links"],
+                stats["seconds"])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,271 @@
+"""The grid's configuration: one YAML (or JSON) file read into dataclasses and checked before anything runs.
+
+Relative paths in the file are relative to `workdir` (default: the folder the grid is started from),
+where the run_*.py scripts live and where every step runs. `${lang}`, `${seed}`, `${results_dir}`
+and `${model}` in argument values are filled in by the grid; `{lang}` (no dollar) is left alone for
+the scripts' own file patterns such as `--test_file_pattern 'xnli/test-{lang}.tsv'`.
+"""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+from hf_xladjust.errors import InputError
+
+REGIMES = ("original", "adjusted", "adjusted_cont", "original_cont")
+KNOWN_TASKS = ("nli", "ner", "qa", "xsr")
+
+
+@dataclass
+class Resources:
+    """What one step asks of the job engine (Slurm: --gpus-per-node, --cpus-per-task, --mem, --time)."""
+
+    gpus: int = 0
+    num_processes: int = 1  # > 1: the script runs under `accelerate launch --num_processes N`
+    cpus: int = 4
+    mem_gb: float = 32
+    hours: float = 4.0  # time limit: Slurm --time, and the local executor's timeout
+    partition: Optional[str] = None
+    slurm: Dict[str, Any] = field(default_factory=dict)  # more sbatch options: account, qos, constraint...
+    est_hours: Optional[float] = None  # assumed run time per step, used by --dry_run when nothing is measured
+
+
+@dataclass
+class ParallelData:
+    """The parallel corpus of one language: `en ||| xx` lines or two line-aligned files."""
+
+    train_file: Optional[str] = None
+    source_file: Optional[str] = None
+    target_file: Optional[str] = None
+
+    def args(self, prefix: str = "") -> Dict[str, str]:
+        if self.train_file:
+            return {f"{prefix}train_file": self.train_file}
+        return {f"{prefix}source_file": self.source_file, f"{prefix}target_file": self.target_file}
+
+
+@dataclass
+class AlignmentConfig:
+    """How word alignments are made.
+
+    `shared` (default): one step per language aligns the whole corpus once (eflomal has no seed, so
+    two alignments of the same text differ); every seed's adjustment and the original+continual runs
+    then sample their sentences from it with `--aligner pharaoh`, which makes a rerun reproduce the
+    first run exactly. `files` gives precomputed Pharaoh files per language instead (no align step).
+    `per_run`: run_adjust.py aligns its own sample, as the paper's code does (cached in its output folder).
+    """
+
+    mode: str = "shared"
+    aligner: str = "eflomal"
+    symmetrization: Optional[str] = None
+    files: Dict[str, str] = field(default_factory=dict)
+    # aligned-pair options (max_sentences, max_words, link_special_tokens...): given to run_adjust.py and to
+    # the original_cont runs alike, so that both sample and filter the same pairs for a seed
+    args: Dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=lambda: Resources(cpus=4, mem_gb=16, hours=2.0))
+
+
+@dataclass
+class AdjustConfig:
+    script: str = "run_adjust.py"
+    args: Dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=lambda: Resources(gpus=1))
+
+
+@dataclass
+class TaskConfig:
+    """One task: its script, extra arguments (all steps / per regime) and resources."""
+
+    script: str = ""
+    args: Dict[str, Any] = field(default_factory=dict)
+    regime_args: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    language_arg: Optional[str] = "eval_languages"  # the script's flag taking the evaluation languages
+    trains: bool = True  # False: evaluation only (XSR); no --resume_from_checkpoint, no continual regimes
+    model_from: str = "start"  # evaluation-only tasks: "start" (the regime's start model) or a task's output
+    outputs: List[str] = field(default_factory=lambda: ["all_results.json"])
+    resources: Resources = field(default_factory=lambda: Resources(gpus=1))
+
+
+# What each known task runs by default; the config's values are merged over these.
+TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    # one mixed-language set per language for every seed (the paired test needs the same examples)
+    "nli": {"script": "run_glue_xl.py",
+            "args": {"do_train": True, "do_predict": True, "mixed_language_eval": True, "mixed_language_seed": 0}},
+    "ner": {"script": "run_ner_xl.py", "args": {"do_train": True, "do_predict": True}},
+    "qa": {"script": "run_qa_xl.py", "args": {"do_train": True, "do_predict": True}},
+    "xsr": {"script": "run_xsr.py", "trains": False, "language_arg": "languages"},
+}
+
+
+@dataclass
+class ExecutorConfig:
+    """The submitit executor: `local` (one step after another on this machine), `slurm`, or `debug`
+    (in this process, for pdb)."""
+
+    cluster: str = "local"
+    folder: Optional[str] = None  # submitit's logs and pickles; default RESULTS/_submitit
+    slurm: Dict[str, Any] = field(default_factory=dict)  # sbatch options for every step (account, qos...)
+    setup: List[str] = field(default_factory=list)  # shell lines run before each Slurm job (module load...)
+
+
+@dataclass
+class GridConfig:
+    model_name_or_path: str
+    results_dir: str
+    languages: List[str]
+    tasks: Dict[str, TaskConfig]
+    parallel: Dict[str, ParallelData] = field(default_factory=dict)
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    regimes: List[str] = field(default_factory=lambda: ["original", "adjusted", "adjusted_cont"])
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    adjust: AdjustConfig = field(default_factory=AdjustConfig)
+    common_args: Dict[str, Any] = field(default_factory=dict)  # given to run_adjust.py and every task script
+    env: Dict[str, str] = field(default_factory=dict)
+    keep_checkpoints: bool = False  # False: a finished step's checkpoint-N folders are deleted (disk space)
+    python: Optional[str] = None  # interpreter of the steps (default: the one running the grid)
+    workdir: Optional[str] = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    source: str = ""  # the file this came from
+
+    @property
+    def needs_adjustment(self) -> bool:
+        return any(r in ("adjusted", "adjusted_cont") for r in self.regimes)
+
+    @property
+    def needs_parallel(self) -> bool:
+        return self.needs_adjustment or "original_cont" in self.regimes
+
+
+_SECTIONS = (Resources, ParallelData, AlignmentConfig, AdjustConfig, ExecutorConfig)
+
+
+def _build(cls, data: Any, path: str, where: str):
+    """A dataclass from a dict, naming the file and key path of anything unknown or mistyped."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where or 'the file'} must be a mapping, got {type(data).__name__}", path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields) - {"source"})
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)} in {where or 'the top level'}; "
+                         f"known: {', '.join(sorted(set(fields) - {'source'}))}", path)
+    kwargs = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        target = next((c for c in _SECTIONS if ftype is c or ftype == c.__name__), None)
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _build(target, value or {}, path, key) if target is not None else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise InputError(f"{where or 'the top level'}: {e}", path) from None
+
+
+def _seeds(value: Union[int, List[int]], path: str) -> List[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise InputError(f"seeds: {value} seeds is not a positive count", path)
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if len(set(value)) != len(value):
+            raise InputError(f"seeds: repeated seed in {value}", path)
+        return list(value)
+    raise InputError(f"seeds: give a count (5 means 0..4) or a list of integers, got {value!r}", path)
+
+
+def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
+    """Check and build a `GridConfig` from the parsed file; every error names the file and key."""
+    if not isinstance(data, dict):
+        raise InputError("the configuration must be a mapping", path)
+    data = dict(data)
+    for key in ("model_name_or_path", "results_dir", "languages", "tasks"):
+        if not data.get(key):
+            raise InputError(f"missing required key {key!r}", path)
+    if "seeds" in data:
+        data["seeds"] = _seeds(data["seeds"], path)
+    languages = data["languages"]
+    if isinstance(languages, str):
+        languages = data["languages"] = languages.split()
+    if not all(isinstance(x, str) and x and x != "all" and "/" not in x for x in languages):
+        raise InputError(f"languages: expected language codes, got {languages!r}", path)
+    tasks = data.pop("tasks")
+    if isinstance(tasks, list):
+        tasks = {t: {} for t in tasks}
+    if not isinstance(tasks, dict):
+        raise InputError("tasks: a list of task names or a mapping name -> settings", path)
+    parallel = data.pop("parallel", {}) or {}
+    if not isinstance(parallel, dict):
+        raise InputError("parallel: a mapping language -> {train_file | source_file + target_file}", path)
+    cfg = _build(GridConfig, {**data, "tasks": {}, "parallel": {}}, path, "")
+    cfg.source = path
+
+    for name, settings in tasks.items():
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise InputError(f"tasks.{name}: expected a mapping of settings", path)
+        defaults = TASK_DEFAULTS.get(name, {})
+        merged = {**defaults, **settings}
+        merged["args"] = {**defaults.get("args", {}), **(settings.get("args") or {})}
+        if not merged.get("script"):
+            raise InputError(f"tasks.{name}: not a known task ({', '.join(KNOWN_TASKS)}); give its 'script'", path)
+        cfg.tasks[name] = _build(TaskConfig, merged, path, f"tasks.{name}")
+        for regime in cfg.tasks[name].regime_args:
+            if regime not in REGIMES:
+                raise InputError(f"tasks.{name}.regime_args: unknown regime {regime!r}", path)
+
+    for lang, spec in parallel.items():
+        if isinstance(spec, str):
+            spec = {"train_file": spec}
+        data_cfg = _build(ParallelData, spec, path, f"parallel.{lang}")
+        if bool(data_cfg.train_file) == bool(data_cfg.source_file or data_cfg.target_file) or (
+                not data_cfg.train_file and not (data_cfg.source_file and data_cfg.target_file)):
+            raise InputError(f"parallel.{lang}: give train_file, or source_file and target_file", path)
+        cfg.parallel[lang] = data_cfg
+
+    for regime in cfg.regimes:
+        if regime not in REGIMES:
+            raise InputError(f"regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)}", path)
+    if cfg.alignment.mode not in ("shared", "per_run"):
+        raise InputError(f"alignment.mode: 'shared' or 'per_run', got {cfg.alignment.mode!r}", path)
+    if cfg.needs_parallel:
+        missing = [lang for lang in cfg.languages if lang not in cfg.parallel]
+        if missing:
+            raise InputError(f"parallel: no parallel corpus for {', '.join(missing)} (regimes {cfg.regimes} "
+                             "need one per language)", path)
+    for name, task in cfg.tasks.items():
+        if not task.trains:
+            cont = [r for r in cfg.regimes if r.endswith("_cont")]
+            if task.model_from == "start" and cont:
+                raise InputError(f"tasks.{name}: an evaluation-only task has no continual regime ({', '.join(cont)})"
+                                 "; set model_from to a training task (e.g. qa)", path)
+            if task.model_from != "start" and task.model_from not in cfg.tasks:
+                raise InputError(f"tasks.{name}.model_from: {task.model_from!r} is not a task of this grid", path)
+            if task.model_from != "start" and not cfg.tasks[task.model_from].trains:
+                raise InputError(f"tasks.{name}.model_from: {task.model_from!r} does not train a model", path)
+    if cfg.executor.cluster not in ("local", "slurm", "debug"):
+        raise InputError(f"executor.cluster: local, slurm or debug, got {cfg.executor.cluster!r}", path)
+    return cfg
+
+
+def load_config(path: str) -> GridConfig:
+    """Read a YAML (.yaml/.yml) or JSON file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read the configuration: {e.strerror}", path) from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON: {e.msg}", path, e.lineno) from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise InputError(f"invalid YAML: {getattr(e, 'problem', None) or e}", path,
+                             mark.line + 1 if mark is not None else None) from None
+    return parse_config(data, os.path.abspath(path))

@@ -1,0 +1,323 @@
+"""The plan: every step of the grid with its full command line, output folder, dependencies and fingerprint.
+
+A step's fingerprint hashes its script and arguments (results-folder paths written relative to the
+results folder, the interpreter left out), its number of processes, the content of every input file
+or folder named in its arguments, and its dependencies' fingerprints. A finished step whose
+fingerprint is unchanged is skipped; changing an argument changes that step's fingerprint and,
+through them, its dependents', and nothing else. Code changes are not in fingerprints (use --rerun).
+"""
+import glob
+import hashlib
+import json
+import os
+import shlex
+import string
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hf_xladjust.errors import InputError
+from hf_xladjust.experiments.config import GridConfig, Resources
+
+FINGERPRINT_VERSION = "hf_xladjust-grid-v1"
+# Arguments the grid sets itself; a config that sets them would silently break the grid's layout.
+GRID_ARGS = ("model_name_or_path", "output_dir", "seed", "aligned_pairs", "anchor_model_name_or_path",
+             "resume_from_checkpoint", "align_train_file", "align_source_file", "align_target_file")
+
+
+@dataclass
+class Step:
+    name: str  # e.g. "adjust/es/seed0", "nli/adjusted_cont/es/seed3", "nli/original/all/seed0"
+    kind: str  # align | adjust | task
+    output_dir: str
+    script: List[str]  # ["run_glue_xl.py"] or ["-m", "module"]
+    args: List[str]
+    resources: Resources
+    deps: List[str] = field(default_factory=list)
+    outputs: List[str] = field(default_factory=list)  # files that must exist for the step to count as done
+    resume: bool = False  # the script takes --resume_from_checkpoint
+    links: List[str] = field(default_factory=list)  # symlinks to output_dir made when it finishes
+    task: Optional[str] = None
+    regime: Optional[str] = None
+    lang: Optional[str] = None
+    seed: Optional[int] = None
+    python: str = sys.executable
+    workdir: str = "."
+    env: Dict[str, str] = field(default_factory=dict)
+    keep_checkpoints: bool = False
+    inputs: Dict[str, str] = field(default_factory=dict)  # input path -> content hash
+    fingerprint: str = ""
+
+    @property
+    def launcher(self) -> List[str]:
+        if self.resources.num_processes > 1:
+            return [self.python, "-m", "accelerate.commands.launch", "--num_processes",
+                    str(self.resources.num_processes)]
+        return [self.python]
+
+    @property
+    def command(self) -> List[str]:
+        return self.launcher + self.script + self.args
+
+    def shell_command(self, extra: Optional[List[str]] = None) -> str:
+        return " ".join(shlex.quote(a) for a in self.command + list(extra or []))
+
+    def shell_script(self) -> str:
+        """command.sh: the step as one can run it by hand (it does not mark the step finished)."""
+        exports = "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in sorted(self.env.items()))
+        return (f"#!/usr/bin/env bash\n# grid step {self.name}, fingerprint {self.fingerprint}\n"
+                f"# run by the grid through hf_xladjust.experiments; by hand it is not marked finished\n"
+                f"set -euo pipefail\ncd {shlex.quote(self.workdir)}\n{exports}"
+                + " \\\n    ".join(_wrap(self.command)) + "\n")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["command"] = self.command
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Step":
+        d = {k: v for k, v in d.items() if k != "command"}
+        d["resources"] = Resources(**d["resources"])
+        return cls(**d)
+
+
+def _wrap(argv: List[str]) -> List[str]:
+    """Group `--flag value...` for a readable multi-line command."""
+    groups: List[List[str]] = []
+    for a in argv:
+        if a.startswith("--") or not groups:
+            groups.append([a])
+        else:
+            groups[-1].append(a)
+    return [" ".join(shlex.quote(a) for a in g) for g in groups]
+
+
+def to_argv(args: Dict[str, Any]) -> List[str]:
+    """`{key: value}` -> HfArgumentParser flags: booleans as `--key true/false` (Optional[bool] fields need the
+    value), lists as several values, None left out."""
+    argv: List[str] = []
+    for key, value in args.items():
+        if value is None:
+            continue
+        flag = f"--{key}"
+        if isinstance(value, bool):
+            argv += [flag, "true" if value else "false"]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag] + [str(v) for v in value]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value, sort_keys=True)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _fill(args: Dict[str, Any], values: Dict[str, Any], where: str, source: str) -> Dict[str, Any]:
+    """Fill `${lang}`, `${seed}`, `${results_dir}`, `${model}` in argument values."""
+    def one(v):
+        if not isinstance(v, str) or "$" not in v:
+            return v
+        try:
+            return string.Template(v).substitute(values)
+        except KeyError as e:
+            raise InputError(f"{where}: ${{{e.args[0]}}} is not defined for this step (value {v!r})", source) from None
+        except ValueError as e:
+            raise InputError(f"{where}: {e} in {v!r}", source) from None
+    return {k: [one(x) for x in v] if isinstance(v, list) else one(v) for k, v in args.items()}
+
+
+def _check_grid_args(args: Dict[str, Any], where: str, source: str) -> None:
+    clash = sorted(set(args) & set(GRID_ARGS))
+    if clash:
+        raise InputError(f"{where}: the grid sets {', '.join(clash)} itself; remove it from the configuration",
+                         source)
+
+
+# --- fingerprints -----------------------------------------------------------------------------------
+
+_FILE_HASHES: Dict[Any, str] = {}
+_BIG_FILE = 1 << 30
+
+
+def file_hash(path: str) -> str:
+    """sha256 of a file's content (size and mtime for files over 1 GiB), cached per (path, size, mtime)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        if st.st_size > _BIG_FILE:
+            _FILE_HASHES[key] = f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
+        else:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def path_hash(path: str) -> str:
+    if os.path.isfile(path):
+        return file_hash(path)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(f"{os.path.relpath(full, path)}\0{file_hash(full)}\n".encode())
+    return h.hexdigest()
+
+
+def _inputs(args: List[str], workdir: str, results_dir: str) -> Dict[str, str]:
+    """Hashes of the files and folders named in the arguments (outside the results folder, whose
+    content the dependencies' fingerprints stand for). `{lang}` patterns cover every matching file."""
+    found: Dict[str, str] = {}
+    for a in args:
+        if a.startswith("-") or len(a) > 4096:
+            continue
+        candidates = [a]
+        if "{lang}" in a:
+            candidates = sorted(glob.glob(os.path.join(workdir, a.replace("{lang}", "*"))))
+        for c in candidates:
+            full = os.path.normpath(os.path.join(workdir, c))
+            if os.path.exists(full) and not (full + os.sep).startswith(results_dir + os.sep):
+                found[os.path.relpath(full, workdir) if not os.path.isabs(c) else full] = path_hash(full)
+    return found
+
+
+def compute_fingerprint(step: Step, deps: Dict[str, str], results_dir: str) -> str:
+    def rel(a):
+        return a.replace(results_dir, "$RESULTS")
+
+    record = {"version": FINGERPRINT_VERSION, "script": step.script, "args": [rel(a) for a in step.args],
+              "num_processes": step.resources.num_processes, "inputs": step.inputs,
+              "deps": {name: deps[name] for name in sorted(step.deps)}}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
+    """All steps of the grid, dependencies first: alignments, adjustments, then each task."""
+    workdir = os.path.abspath(workdir or cfg.workdir or os.getcwd())
+    results = os.path.normpath(os.path.join(workdir, cfg.results_dir))
+    python = cfg.python or sys.executable
+    model = cfg.model_name_or_path
+    src = cfg.source
+    common = {"python": python, "workdir": workdir, "env": dict(cfg.env), "keep_checkpoints": cfg.keep_checkpoints}
+    _check_grid_args(cfg.common_args, "common_args", src)
+    _check_grid_args(cfg.adjust.args, "adjust.args", src)
+    steps: List[Step] = []
+
+    def out(*parts):
+        return os.path.join(results, *parts)
+
+    # 1. alignments shared by all seeds of a language
+    alignment_file: Dict[str, str] = {}
+    align_step: Dict[str, str] = {}
+    if cfg.needs_parallel and cfg.alignment.mode == "shared":
+        for lang in cfg.languages:
+            if lang in cfg.alignment.files:
+                alignment_file[lang] = cfg.alignment.files[lang]
+                continue
+            args = {**cfg.parallel[lang].args(), "aligner": cfg.alignment.aligner,
+                    "symmetrization": cfg.alignment.symmetrization, "output_dir": out("align", lang)}
+            if cfg.alignment.args.get("skip_bad_lines"):
+                args["skip_bad_lines"] = True
+            step = Step(name=f"align/{lang}", kind="align", output_dir=out("align", lang),
+                        script=["-m", "hf_xladjust.experiments.align"], args=to_argv(args),
+                        resources=cfg.alignment.resources, outputs=["alignment.pharaoh"], lang=lang, **common)
+            steps.append(step)
+            alignment_file[lang] = os.path.join(step.output_dir, "alignment.pharaoh")
+            align_step[lang] = step.name
+
+    _check_grid_args(cfg.alignment.args, "alignment.args", src)
+
+    def alignment_args(lang):
+        pair_args = {"target_lang": lang, **cfg.alignment.args}
+        if lang in alignment_file:
+            return {**pair_args, "aligner": "pharaoh", "alignment_file": alignment_file[lang]}
+        return {**pair_args, "aligner": cfg.alignment.aligner, "symmetrization": cfg.alignment.symmetrization}
+
+    # 2. stage 1: one adjustment per language and seed
+    if cfg.needs_adjustment:
+        for lang in cfg.languages:
+            for seed in cfg.seeds:
+                values = {"lang": lang, "seed": seed, "results_dir": results, "model": model}
+                args = {"model_name_or_path": model, **cfg.parallel[lang].args(), **alignment_args(lang),
+                        **_fill(cfg.common_args, values, "common_args", src),
+                        **_fill(cfg.adjust.args, values, "adjust.args", src),
+                        "seed": seed, "output_dir": out("adjust", lang, f"seed{seed}")}
+                steps.append(Step(name=f"adjust/{lang}/seed{seed}", kind="adjust",
+                                  output_dir=out("adjust", lang, f"seed{seed}"), script=[cfg.adjust.script],
+                                  args=to_argv(args), resources=cfg.adjust.resources,
+                                  deps=[align_step[lang]] if lang in align_step else [],
+                                  outputs=["config.json", "aligned_pairs.jsonl", "train_results.json"],
+                                  resume=True, lang=lang, seed=seed, **common))
+
+    # 3. tasks: fine-tune on English and evaluate zero-shot (or evaluate only, e.g. XSR)
+    ordered = sorted(cfg.tasks, key=lambda t: not cfg.tasks[t].trains)  # training tasks first
+    for name in ordered:
+        task = cfg.tasks[name]
+        where = f"tasks.{name}"
+        _check_grid_args(task.args, f"{where}.args", src)
+        for regime in cfg.regimes:
+            _check_grid_args(task.regime_args.get(regime, {}), f"{where}.regime_args.{regime}", src)
+            # The original model does not depend on the language: fine-tune once per seed and
+            # evaluate every language; the per-language folders are links to that run.
+            langs = ["all"] if regime == "original" else list(cfg.languages)
+            for lang in langs:
+                for seed in cfg.seeds:
+                    values = {"seed": seed, "results_dir": results, "model": model}
+                    if lang != "all":
+                        values["lang"] = lang
+                    eval_langs = cfg.languages if lang == "all" else [lang]
+                    adjusted = out("adjust", lang, f"seed{seed}")
+                    deps: List[str] = []
+                    args: Dict[str, Any] = {}
+                    if task.trains or task.model_from == "start":
+                        start = adjusted if regime.startswith("adjusted") else model
+                        if regime.startswith("adjusted"):
+                            deps.append(f"adjust/{lang}/seed{seed}")
+                    else:
+                        start = out(task.model_from, regime, lang, f"seed{seed}")
+                        deps.append(f"{task.model_from}/{regime}/{lang}/seed{seed}")
+                    args["model_name_or_path"] = start
+                    if task.trains and regime == "adjusted_cont":
+                        args.update(aligned_pairs=os.path.join(adjusted, "aligned_pairs.jsonl"),
+                                    anchor_model_name_or_path=model)
+                    elif task.trains and regime == "original_cont":
+                        args.update({**cfg.parallel[lang].args("align_"), **alignment_args(lang),
+                                     "anchor_model_name_or_path": model})
+                        if lang in align_step:
+                            deps.append(align_step[lang])
+                    if task.language_arg:
+                        args[task.language_arg] = list(eval_langs)
+                    args.update(_fill(cfg.common_args, values, "common_args", src) if task.trains else {})
+                    args.update(_fill(task.args, values, f"{where}.args", src))
+                    args.update(_fill(task.regime_args.get(regime, {}), values, f"{where}.regime_args", src))
+                    output_dir = out(name, regime, lang, f"seed{seed}")
+                    args.update(seed=seed, output_dir=output_dir)
+                    links = ([out(name, regime, x, f"seed{seed}") for x in cfg.languages] if lang == "all" else [])
+                    steps.append(Step(name=f"{name}/{regime}/{lang}/seed{seed}", kind="task", output_dir=output_dir,
+                                      script=[task.script], args=to_argv(args), resources=task.resources,
+                                      deps=deps, outputs=list(task.outputs), resume=task.trains, links=links,
+                                      task=name, regime=regime, lang=lang, seed=seed, **common))
+
+    by_name = {s.name: s for s in steps}
+    fingerprints: Dict[str, str] = {}
+    for step in steps:  # dependencies come first
+        missing = [d for d in step.deps if d not in by_name]
+        if missing:
+            raise InputError(f"step {step.name} depends on {', '.join(missing)}, which the grid does not run", src)
+        step.inputs = _inputs(step.args, workdir, results)
+        step.fingerprint = fingerprints[step.name] = compute_fingerprint(step, fingerprints, results)
+    return steps
+
+
+def dependents(steps: List[Step], names: List[str]) -> List[str]:
+    """`names` and every step that depends on them, directly or not."""
+    chosen = set(names)
+    for step in steps:  # in dependency order
+        if any(d in chosen for d in step.deps):
+            chosen.add(step.name)
+    return [s.name for s in steps if s.name in chosen]

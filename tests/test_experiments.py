@@ -1,0 +1,498 @@
+"""The experiment grid (hf_xladjust.experiments): configuration checks, the plan's commands and dependencies,
+fingerprints, markers and resumption, submission to Slurm (a recorded sbatch), the dry-run estimate, and
+(slow) a real tiny grid through submitit's local executor, killed and resumed, against an uninterrupted run."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import fixture_lines
+
+from hf_xladjust.errors import InputError
+from hf_xladjust.experiments.__main__ import main as grid_main
+from hf_xladjust.experiments.config import load_config, parse_config
+from hf_xladjust.experiments.engine import estimate, format_estimate
+from hf_xladjust.experiments.plan import build_plan, dependents
+from hf_xladjust.experiments.runner import SUCCESS, StepFailed, is_done, run_step
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline",
+           "TOKENIZERS_PARALLELISM": "false"}
+LABELS = ("entailment", "neutral", "contradiction")
+
+
+def write_nli(folder, n_train=96, n_test=24):
+    """English training tsv and line-parallel test tsvs (en, es) from the fixture sentences."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, langs, n, offset in (("train", ("en",), n_train, 0), ("test", ("en", "es"), n_test, 5)):
+        for lang in langs:
+            lines = fixture_lines(lang)
+            rows = [f"{lines[(i + offset) % 12]}\t{lines[(i * 5 + 1 + offset) % 12]}\t{LABELS[i % 3]}\n"
+                    for i in range(n)]
+            (folder / f"{name}-{lang}.tsv").write_text("".join(rows), encoding="utf-8")
+    return folder
+
+
+def write_parallel(path):
+    """48 `en ||| es` lines: pairs of fixture sentences joined."""
+    en, es = fixture_lines("en"), fixture_lines("es")
+    path.write_text("".join(f"{en[i]} {en[(i + k) % 12]} ||| {es[i]} {es[(i + k) % 12]}\n"
+                            for k in range(1, 5) for i in range(12)), encoding="utf-8")
+    return str(path)
+
+
+def base_config(tmp_path, **over):
+    nli = write_nli(tmp_path / "xnli")
+    cfg = {
+        "model_name_or_path": str(tmp_path / "model"),
+        "results_dir": str(tmp_path / "results"),
+        "languages": ["es", "ru"],
+        "seeds": 2,
+        "regimes": ["original", "adjusted", "adjusted_cont", "original_cont"],
+        "parallel": {"es": write_parallel(tmp_path / "en-es.txt"), "ru": {"source_file": str(tmp_path / "en-es.txt"),
+                                                                        "target_file": str(tmp_path / "en-es.txt")}},
+        "alignment": {"args": {"max_sentences": 30}},
+        "adjust": {"args": {"num_train_epochs": 1}, "resources": {"gpus": 1, "hours": 1, "est_hours": 0.25}},
+        "common_args": {"report_to": "none"},
+        "tasks": {"nli": {"args": {"train_file": str(nli / "train-en.tsv"),
+                                   "test_file_pattern": str(nli / "test-{lang}.tsv")},
+                          "resources": {"gpus": 2, "num_processes": 2, "hours": 3, "est_hours": 0.5}}},
+        "workdir": str(ROOT),
+    }
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    cfg.update(over)
+    return cfg
+
+
+def argmap(step):
+    """`--flag v1 v2` -> {flag: [v1, v2]} of a step's arguments."""
+    out, key = {}, None
+    for a in step.args:
+        if a.startswith("--"):
+            key = a[2:]
+            out[key] = []
+        else:
+            out[key].append(a)
+    return out
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"regimes": ["original", "adapted"]}, "unknown regime 'adapted'"),
+    ({"seeds": 0}, "not a positive count"),
+    ({"seeds": [1, 1]}, "repeated seed"),
+    ({"colour": "red"}, "unknown key(s) colour"),
+    ({"parallel": {"es": "a.txt"}}, "no parallel corpus for ru"),
+    ({"adjust": {"resouces": {}}}, "unknown key(s) resouces in adjust"),
+    ({"tasks": {"pos": {}}}, "tasks.pos: not a known task"),
+    ({"tasks": {"xsr": {}}}, "evaluation-only task has no continual regime"),
+    ({"executor": {"cluster": "lsf"}}, "local, slurm or debug"),
+])
+def test_config_errors_name_the_file_and_key(tmp_path, change, message):
+    cfg = {**base_config(tmp_path), **change}
+    with pytest.raises(InputError) as err:
+        parse_config(cfg, "grid.yaml")
+    assert str(err.value).startswith("grid.yaml: ") and message in str(err.value)
+
+
+def test_grid_arguments_cannot_be_overridden(tmp_path):
+    cfg = base_config(tmp_path)
+    cfg["tasks"]["nli"]["args"]["seed"] = 3
+    with pytest.raises(InputError, match="the grid sets seed itself"):
+        build_plan(parse_config(cfg, "grid.yaml"))
+
+
+def test_yaml_errors_give_the_line(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("model_name_or_path: m\nlanguages: [es\nseeds: 2\n")
+    with pytest.raises(InputError, match="invalid YAML") as err:
+        load_config(str(path))
+    assert err.value.path.endswith("grid.yaml") and err.value.line is not None
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+def test_plan_layout_commands_and_dependencies(tmp_path):
+    cfg = parse_config(base_config(tmp_path), "grid.yaml")
+    steps = build_plan(cfg)
+    by = {s.name: s for s in steps}
+    res = str(tmp_path / "results")
+    names = list(by)
+    # alignments, then adjustments, then fine-tunings; dependencies always come first
+    assert names[:2] == ["align/es", "align/ru"]
+    assert names[2:6] == ["adjust/es/seed0", "adjust/es/seed1", "adjust/ru/seed0", "adjust/ru/seed1"]
+    for i, s in enumerate(steps):
+        assert all(names.index(d) < i for d in s.deps)
+    # 4 regimes: original once per seed for all languages, the others per language and seed
+    assert len([n for n in names if n.startswith("nli/")]) == 2 + 3 * 2 * 2
+    assert by["nli/original/all/seed1"].links == [f"{res}/nli/original/es/seed1", f"{res}/nli/original/ru/seed1"]
+
+    adj = argmap(by["adjust/ru/seed1"])
+    assert adj["seed"] == ["1"] and adj["output_dir"] == [f"{res}/adjust/ru/seed1"]
+    assert adj["aligner"] == ["pharaoh"] and adj["alignment_file"] == [f"{res}/align/ru/alignment.pharaoh"]
+    assert adj["max_sentences"] == ["30"] and adj["target_lang"] == ["ru"]
+    assert by["adjust/ru/seed1"].deps == ["align/ru"]
+    assert "source_file" in adj and "train_file" not in adj
+
+    orig = argmap(by["nli/original/all/seed0"])
+    assert orig["model_name_or_path"] == [str(tmp_path / "model")] and orig["eval_languages"] == ["es", "ru"]
+    assert orig["mixed_language_seed"] == ["0"] and orig["seed"] == ["0"] and not by["nli/original/all/seed0"].deps
+
+    adjusted = by["nli/adjusted/es/seed1"]
+    a = argmap(adjusted)
+    assert a["model_name_or_path"] == [f"{res}/adjust/es/seed1"] and a["seed"] == ["1"]  # the seed of both stages
+    assert a["eval_languages"] == ["es"] and adjusted.deps == ["adjust/es/seed1"] and "aligned_pairs" not in a
+
+    cont = argmap(by["nli/adjusted_cont/ru/seed0"])
+    assert cont["aligned_pairs"] == [f"{res}/adjust/ru/seed0/aligned_pairs.jsonl"]
+    assert cont["anchor_model_name_or_path"] == [str(tmp_path / "model")]
+
+    ocont = by["nli/original_cont/es/seed1"]
+    o = argmap(ocont)
+    assert o["model_name_or_path"] == [str(tmp_path / "model")]
+    assert o["align_train_file"] == [str(tmp_path / "en-es.txt")]
+    assert o["aligner"] == ["pharaoh"] and o["max_sentences"] == ["30"] and ocont.deps == ["align/es"]
+    assert o["anchor_model_name_or_path"] == [str(tmp_path / "model")]
+    # multi-GPU steps go through accelerate launch
+    assert ocont.command[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
+    assert ocont.command[5] == "run_glue_xl.py"
+    # the saved command is runnable by hand: it changes to the work folder and quotes the {lang} pattern
+    script = ocont.shell_script()
+    assert f"cd {ROOT}" in script and "'" + str(tmp_path / "xnli" / "test-{lang}.tsv") + "'" in script
+
+
+def test_templates_and_precomputed_alignments(tmp_path):
+    cfg = base_config(tmp_path, regimes=["adjusted"])
+    cfg["alignment"]["files"] = {"es": "es.pharaoh", "ru": "ru.pharaoh"}
+    cfg["tasks"]["nli"]["regime_args"] = {"adjusted": {"run_name": "${lang}-s${seed}",
+                                                       "logging_dir": "${results_dir}/tb"}}
+    steps = build_plan(parse_config(cfg, "grid.yaml"))
+    assert not [s for s in steps if s.kind == "align"]
+    by = {s.name: argmap(s) for s in steps}
+    assert by["adjust/ru/seed0"]["alignment_file"] == ["ru.pharaoh"]
+    assert by["nli/adjusted/ru/seed1"]["run_name"] == ["ru-s1"]
+    assert by["nli/adjusted/ru/seed1"]["logging_dir"] == [f"{tmp_path}/results/tb"]
+    cfg = base_config(tmp_path)
+    cfg["tasks"]["nli"]["args"]["run_name"] = "${lang}"  # the original run has no language
+    with pytest.raises(InputError, match=r"\$\{lang\} is not defined"):
+        build_plan(parse_config(cfg, "grid.yaml"))
+
+
+def test_fingerprints_change_only_what_depends_on_a_change(tmp_path):
+    base = base_config(tmp_path)
+    fp0 = {s.name: s.fingerprint for s in build_plan(parse_config(base, "g.yaml"))}
+    assert len(set(fp0.values())) == len(fp0)
+
+    def changed(cfg):
+        fp = {s.name: s.fingerprint for s in build_plan(parse_config(cfg, "g.yaml"))}
+        return sorted(n for n in fp if fp[n] != fp0[n])
+
+    # a stage-1 argument: the adjustments and every run that starts from them
+    cfg = json.loads(json.dumps(base))
+    cfg["adjust"]["args"]["learning_rate"] = 1e-5
+    assert changed(cfg) == sorted(n for n in fp0 if n.startswith(("adjust/", "nli/adjusted")))
+    # a task argument of one regime: only those runs
+    cfg = json.loads(json.dumps(base))
+    cfg["tasks"]["nli"]["regime_args"] = {"adjusted_cont": {"align_weight": 0.1}}
+    assert changed(cfg) == sorted(n for n in fp0 if n.startswith("nli/adjusted_cont/"))
+    # the content of an input file: the runs that read it
+    with open(tmp_path / "xnli" / "test-es.tsv", "a", encoding="utf-8") as f:
+        f.write("a\tb\tneutral\n")
+    assert changed(base) == sorted(n for n in fp0 if n.startswith("nli/"))
+    # resources other than the process count, and the results folder's place, change nothing
+    now = {s.name: s.fingerprint for s in build_plan(parse_config(base, "g.yaml"))}
+    moved = json.loads(json.dumps(base))
+    moved["tasks"]["nli"]["resources"]["hours"] = 9
+    moved["results_dir"] = str(tmp_path / "elsewhere")
+    assert {s.name: s.fingerprint for s in build_plan(parse_config(moved, "g.yaml"))} == now
+    moved["tasks"]["nli"]["resources"]["num_processes"] = 1
+    assert {s.name: s.fingerprint for s in build_plan(parse_config(moved, "g.yaml"))} != now
+    steps = build_plan(parse_config(base, "g.yaml"))
+    assert dependents(steps, ["adjust/es/seed0"]) == ["adjust/es/seed0", "nli/adjusted/es/seed0",
+                                                      "nli/adjusted_cont/es/seed0"]
+
+
+# --- one step: markers, resumption, failures (a small trainer-like script stands in for run_*.py) ---
+
+TRAINER_LIKE = textwrap.dedent('''
+    """Writes checkpoint-1 and checkpoint-2 like the Trainer; exits 3 after them while the file CRASH exists."""
+    import json, os, sys
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+    out = args["--output_dir"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "calls.jsonl"), "a") as f:
+        f.write(json.dumps(sys.argv[1:]) + "\\n")
+    start = args.get("--resume_from_checkpoint")
+    first = int(start.rsplit("-", 1)[1]) + 1 if start else 1
+    for step in range(first, 4):
+        os.makedirs(os.path.join(out, f"checkpoint-{step}"), exist_ok=True)
+        with open(os.path.join(out, f"checkpoint-{step}", "trainer_state.json"), "w") as f:
+            json.dump({"global_step": step}, f)
+        if step == 2 and os.path.exists(args["--crash_file"]):
+            os.unlink(args["--crash_file"])
+            sys.exit(3)
+    results = {"all_results.json": {"test_es_accuracy": 0.5, "seed": args["--seed"]},
+               "train_results.json": {"train_runtime": 7.0, "train_samples_per_second": 12.0}}
+    for name, value in results.items():
+        json.dump(value, open(os.path.join(out, name), "w"))
+''')
+
+
+def toy_config(tmp_path, crash_file):
+    script = tmp_path / "toy_train.py"
+    script.write_text(TRAINER_LIKE)
+    adjust_like = tmp_path / "toy_adjust.py"
+    adjust_like.write_text(TRAINER_LIKE + textwrap.dedent('''
+        for name in ("config.json", "aligned_pairs.jsonl"):
+            open(os.path.join(out, name), "w").write("{}")
+    '''))
+    cfg = base_config(tmp_path, languages=["es"], seeds=[0], regimes=["original", "adjusted", "adjusted_cont"],
+                      parallel={"es": write_parallel(tmp_path / "en-es.txt")})
+    cfg["alignment"]["files"] = {"es": str(tmp_path / "es.pharaoh")}
+    cfg["adjust"] = {"script": str(adjust_like), "args": {"crash_file": str(crash_file)},
+                     "resources": {"gpus": 1, "est_hours": 0.25}}
+    cfg["tasks"] = {"nli": {"script": str(script), "args": {"crash_file": str(crash_file)},
+                            "resources": {"gpus": 1, "est_hours": 0.5}}}
+    cfg["common_args"] = {}
+    return cfg
+
+
+def test_markers_resume_and_argument_changes(tmp_path):
+    crash = tmp_path / "CRASH"
+    crash.touch()
+    steps = build_plan(parse_config(toy_config(tmp_path, crash), "g.yaml"))
+    step = next(s for s in steps if s.name == "nli/adjusted/es/seed0")
+    with pytest.raises(StepFailed, match="exit status 3"):
+        run_step(step)
+    out = Path(step.output_dir)
+    assert not (out / SUCCESS).exists() and not is_done(step)  # killed or failed: never looks finished
+    assert json.loads((out / "_STARTED.json").read_text())["fingerprint"] == step.fingerprint
+    assert run_step(step)["status"] == "resumed"
+    calls = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
+    assert calls[1][-2:] == ["--resume_from_checkpoint", str(out / "checkpoint-2")]
+    assert is_done(step) and not glob.glob(str(out / "checkpoint-*"))  # checkpoints go once finished
+    assert json.loads((out / SUCCESS).read_text())["resumed_from"] == str(out / "checkpoint-2")
+    assert (out / "command.sh").read_text().count(step.script[0]) == 1
+    assert run_step(step)["status"] == "skipped"
+    # an output that disappears makes the step unfinished again
+    (out / "all_results.json").unlink()
+    assert not is_done(step)
+    # changed arguments: the folder is emptied and the step runs from scratch
+    (out / "stale.txt").write_text("from other arguments")
+    cfg = toy_config(tmp_path, crash)
+    cfg["tasks"]["nli"]["args"]["learning_rate"] = 1
+    step2 = next(s for s in build_plan(parse_config(cfg, "g.yaml")) if s.name == step.name)
+    assert step2.fingerprint != step.fingerprint
+    assert run_step(step2)["status"] == "ran"
+    assert not (out / "stale.txt").exists() and len((out / "calls.jsonl").read_text().splitlines()) == 1
+
+
+def test_local_executor_grid_reruns_only_what_changed(tmp_path, capsys):
+    """The whole cycle through submitit's local executor with trainer-like scripts: run, rerun (nothing runs),
+    change one regime's argument, force one adjustment; the original run's links are made."""
+    crash = tmp_path / "no-crash"
+    cfg = toy_config(tmp_path, crash)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path)]) == 0
+    first = capsys.readouterr().out
+    assert first.count("[ran]") == 4 and "Summary: 4 ran" in first
+    res = tmp_path / "results"
+    assert os.readlink(res / "nli" / "original" / "es" / "seed0") == "../all/seed0"
+    assert json.loads((res / "plan.json").read_text())["steps"][0]["name"] == "adjust/es/seed0"
+    assert (res / "_submitit").is_dir()  # jobs went through submitit
+
+    assert grid_main([str(path)]) == 0
+    assert "Summary: 4 done" in capsys.readouterr().out
+
+    cfg["tasks"]["nli"]["regime_args"] = {"adjusted_cont": {"align_weight": 0.5}}
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--cluster", "debug"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"\[ran\]\s+(\S+)", out) == ["nli/adjusted_cont/es/seed0"]
+
+    assert grid_main([str(path), "--cluster", "debug", "--rerun", "adjust/*"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"\[ran\]\s+(\S+)", out) == ["adjust/es/seed0", "nli/adjusted/es/seed0",
+                                                   "nli/adjusted_cont/es/seed0"]
+
+    crash.touch()  # a failing adjustment blocks its dependents and the command says so
+    assert grid_main([str(path), "--cluster", "debug", "--rerun", "adjust/*"]) == 1
+    out = capsys.readouterr().out
+    assert "[failed]  adjust/es/seed0" in out and "[blocked] nli/adjusted/es/seed0" in out
+
+
+# --- Slurm: what is submitted, without a cluster ---------------------------------------------------
+
+FAKE_SBATCH = textwrap.dedent('''\
+    #!/usr/bin/env bash
+    # records the submission script and answers like sbatch
+    n=$(( $(ls "$SBATCH_LOG" 2>/dev/null | wc -l) + 100 ))
+    cp "$1" "$SBATCH_LOG/$n.sh"
+    echo "Submitted batch job $n"
+''')
+
+
+def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
+    bin_dir, log_dir = tmp_path / "bin", tmp_path / "sbatch"
+    bin_dir.mkdir()
+    log_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_LOG", str(log_dir))
+    cfg = base_config(tmp_path, languages=["es"], regimes=["original", "adjusted", "adjusted_cont"])
+    cfg["executor"] = {"cluster": "slurm", "slurm": {"account": "xl"}, "setup": ["module load cuda"]}
+    cfg["adjust"]["resources"] = {"gpus": 1, "hours": 1.5, "mem_gb": 40, "partition": "gpu"}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    jobs = {m[0]: m[1] for m in re.findall(r"\[queued\]\s+(\S+): job (\d+)", out)}
+    assert list(jobs) == ["align/es", "adjust/es/seed0", "adjust/es/seed1", "nli/original/all/seed0",
+                          "nli/original/all/seed1", "nli/adjusted/es/seed0", "nli/adjusted/es/seed1",
+                          "nli/adjusted_cont/es/seed0", "nli/adjusted_cont/es/seed1"]
+    scripts = {name: (log_dir / f"{job}.sh").read_text() for name, job in jobs.items()}
+
+    def sbatch(name, key):
+        found = re.findall(rf"^#SBATCH --{key}=(.*)$", scripts[name], re.M)
+        return found[0] if found else None
+
+    assert sbatch("align/es", "dependency") is None and sbatch("nli/original/all/seed0", "dependency") is None
+    assert sbatch("adjust/es/seed1", "dependency") == f"afterok:{jobs['align/es']}"
+    assert sbatch("nli/adjusted_cont/es/seed1", "dependency") == f"afterok:{jobs['adjust/es/seed1']}"
+    assert sbatch("nli/adjusted/es/seed0", "kill-on-invalid-dep") == "yes"
+    assert sbatch("adjust/es/seed0", "gpus-per-node") == "1" and sbatch("adjust/es/seed0", "time") == "90"
+    assert sbatch("adjust/es/seed0", "mem") == "40GB" and sbatch("adjust/es/seed0", "partition") == "gpu"
+    assert sbatch("nli/adjusted/es/seed0", "gpus-per-node") == "2" and sbatch("nli/adjusted/es/seed0", "time") == "180"
+    assert sbatch("adjust/es/seed0", "account") == "xl" and "module load cuda" in scripts["adjust/es/seed0"]
+    assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == jobs
+    assert not list((tmp_path / "results").glob("nli/*/*/seed0/_STARTED.json"))  # nothing ran here
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+def test_dry_run_estimate_measured_and_assumed(tmp_path, capsys):
+    cfg = toy_config(tmp_path, tmp_path / "no-crash")
+    cfg["seeds"] = [0, 1]
+    steps = build_plan(parse_config(cfg, "g.yaml"))
+    run_step(next(s for s in steps if s.name == "nli/adjusted/es/seed0"))
+    est = estimate(steps)
+    kinds = est["kinds"]
+    adjusted = kinds["nli/adjusted (one language)"]
+    assert adjusted["source"].startswith("measured") and adjusted["todo"] == 1
+    assert adjusted["samples_per_second"] == [12.0]
+    assert kinds["adjust"]["source"].startswith("assumed") and kinds["adjust"]["gpu_hours"] == pytest.approx(0.5)
+    assert kinds["nli/original (all languages)"]["gpu_hours"] == pytest.approx(1.0)
+    assert est["gpu_hours"] == pytest.approx(0.5 + 1.0 + 1.0 + 2 * adjusted["hours_per_step"])
+    assert "measured" in format_estimate(est) and "assumed (config est_hours)" in format_estimate(est)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "# nli/adjusted/es/seed0 [done]" in out and "# nli/adjusted/es/seed1 [to run]" in out
+    assert "GPU-hours" in out and not (tmp_path / "results" / "plan.json").exists()  # a dry run writes nothing
+
+
+# --- the real thing, small: tiny BERT, 2 seeds, NLI, es, local executor ------------------------------
+
+def grid_yaml(tmp_path, model, results, seeds, alignment_file=None):
+    nli = write_nli(tmp_path / "xnli")
+    cfg = {"model_name_or_path": model, "results_dir": str(results), "languages": ["es"], "seeds": seeds,
+           "regimes": ["original", "adjusted", "adjusted_cont"],
+           "parallel": {"es": write_parallel(tmp_path / "en-es.txt")}, "workdir": str(ROOT),
+           "adjust": {"args": {"per_device_train_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
+           "common_args": {"use_cpu": True, "report_to": "none", "disable_tqdm": True},
+           "tasks": {"nli": {"args": {"train_file": str(nli / "train-en.tsv"),
+                                      "test_file_pattern": str(nli / "test-{lang}.tsv"), "num_train_epochs": 1,
+                                      "per_device_train_batch_size": 16, "save_strategy": "steps", "save_steps": 2},
+                             "resources": {"gpus": 0, "hours": 0.5}}},
+           "env": OFFLINE}
+    if alignment_file:
+        cfg["alignment"] = {"files": {"es": str(alignment_file)}}
+    path = tmp_path / f"{results.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def run_grid(config, *extra, **kwargs):
+    return subprocess.run([sys.executable, "-m", "hf_xladjust.experiments", config, *extra], cwd=ROOT,
+                          env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def metrics(path, resumed=False):
+    """all_results.json without timings (and without train_loss after a resume: the Trainer averages it
+    over the steps run since the resume only)."""
+    data = json.loads(Path(path).read_text())
+    drop = ("_runtime", "_per_second") + (("train_loss",) if resumed else ())
+    return {k: v for k, v in data.items() if not k.endswith(drop)}
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_kill_and_resume(tmp_path, tiny_model_dir):
+    reference = tmp_path / "reference"
+    config = grid_yaml(tmp_path, tiny_model_dir, reference, 2)
+    proc = run_grid(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Summary: 9 ran" in proc.stdout
+    steps = ["adjust/es/seed0", "adjust/es/seed1"] + [f"nli/{r}/{lang}/seed{s}" for r, lang in (
+        ("original", "all"), ("adjusted", "es"), ("adjusted_cont", "es")) for s in (0, 1)]
+    for name in steps:
+        assert (reference / name / SUCCESS).is_file()
+    assert "test_mixed_es_accuracy" in json.loads((reference / "nli/original/es/seed1/all_results.json").read_text())
+
+    t0 = time.time()
+    again = run_grid(config)
+    assert again.returncode == 0 and "Summary: 9 done" in again.stdout and "[run]" not in again.stdout
+    assert time.time() - t0 < 30
+
+    report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(reference)], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "| Original |" in report.stdout and "| Adj + cont |" in report.stdout
+    assert (reference / "report" / "report.json").is_file()
+
+    # The same grid (seed 0) in another folder, killed while a fine-tuning has written a checkpoint, then
+    # rerun: it resumes from the checkpoint and ends with the uninterrupted run's results. The alignments
+    # are the reference's (eflomal has no seed), given as a precomputed Pharaoh file.
+    killed = tmp_path / "killed"
+    config2 = grid_yaml(tmp_path, tiny_model_dir, killed, [0], reference / "align/es/alignment.pharaoh")
+    proc = subprocess.Popen([sys.executable, "-m", "hf_xladjust.experiments", config2], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    target = killed / "nli/adjusted/es/seed0"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if glob.glob(str(target / "checkpoint-*" / "trainer_state.json")):
+                os.killpg(proc.pid, signal.SIGKILL)  # the grid, the submitit controller and the training
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (target / SUCCESS).exists()
+    proc = run_grid(config2)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "[resumed]  nli/adjusted/es/seed0" in proc.stdout
+    for name in ("adjust/es/seed0", "nli/original/all/seed0", "nli/adjusted/es/seed0", "nli/adjusted_cont/es/seed0"):
+        resumed = json.loads((killed / name / SUCCESS).read_text())["resumed_from"] is not None
+        for result in ("all_results.json", "train_results.json"):
+            if (reference / name / result).exists():
+                assert metrics(killed / name / result, resumed) == metrics(reference / name / result, resumed), name
+        for pred in glob.glob(str(reference / name / "predictions_*.jsonl")):
+            assert Path(pred).read_bytes() == (killed / name / os.path.basename(pred)).read_bytes(), pred
+    assert (killed / "adjust/es/seed0/aligned_pairs.jsonl").read_bytes() == \
+        (reference / "adjust/es/seed0/aligned_pairs.jsonl").read_bytes()
