@@ -8,8 +8,9 @@ the embedding layer, L = the last layer), plus the best layer by MRR.
 
 How it is computed (one code path for a standalone run and a call during training):
 
-* tokenised once per tokenizer, without padding; batches are cut from the sentences of both sides
-  sorted by length (longest first), so padding is small and the largest batch comes first;
+* tokenised once per tokenizer, without padding; batches are cut from the distinct sentences of
+  both sides sorted by length (longest first), so padding is small and the largest batch comes
+  first; a sentence that occurs twice is embedded once, so its copies tie exactly;
 * ONE forward pass per batch with `output_hidden_states=True` gives every layer; the pooling is one
   weighted sum over tokens for all layers at once, in fp32 (also under fp16/bf16 autocast);
 * scores are cosine similarities of ALL candidates for each query: one batched matrix product over
@@ -156,17 +157,17 @@ def tatoeba_from_hub(dataset_name: str, lang: str, config_pattern: str = "tatoeb
 
 
 # ----------------------------------------------------------------------------- ranks and metrics
-def gold_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+def gold_ranks(scores: torch.Tensor, gold: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
     """The 1-based rank of each query's gold candidate; ties count against the gold.
 
     `scores`: (..., queries, candidates); `gold`: (queries,) candidate index per query. The rank is
-    the number of candidates scoring at least as high as the gold one, the gold included (the
-    pessimistic rank): a candidate tied with the gold is ranked above it, so a model that gives
-    every sentence the same vector gets rank N, never rank 1, and acc@1 counts a query only when
-    its gold candidate scores strictly highest."""
+    the number of candidates scoring at least as high as the gold one (less `tolerance`), the gold
+    included: the pessimistic rank. A candidate tied with the gold is ranked above it, so a model
+    that gives every sentence the same vector gets rank N, never rank 1, and acc@1 counts a query
+    only when its gold candidate scores highest by more than `tolerance`."""
     index = gold.view(*([1] * (scores.dim() - 2)), -1, 1).expand(*scores.shape[:-1], 1)
     gold_score = scores.gather(-1, index)
-    return (scores >= gold_score).sum(dim=-1)
+    return (scores >= gold_score - tolerance).sum(dim=-1)
 
 
 def retrieval_metrics(ranks: np.ndarray) -> Dict[str, np.ndarray]:
@@ -180,17 +181,24 @@ def best_layer(mrr: np.ndarray) -> int:
     return int(np.argmax(np.asarray(mrr, dtype=np.float64)))
 
 
+# Cosines closer than this to the gold's count as ties: fp32 rounding (the same vector scored in another
+# column of the matrix product, a vector and a multiple of it) moves a cosine by about 1e-7.
+TIE_TOLERANCE = 1e-6
+
+
 @torch.no_grad()
 def rank_candidates(queries: torch.Tensor, candidates: torch.Tensor, gold: Optional[torch.Tensor] = None,
-                    max_elements: int = 1 << 26) -> Tuple[torch.Tensor, torch.Tensor]:
+                    max_elements: int = 1 << 26, tie_tolerance: float = TIE_TOLERANCE
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cosine ranking of all candidates for every query, at every layer.
 
     `queries` (layers, Q, H) and `candidates` (layers, C, H) are sentence vectors; `gold` (Q,) the
     gold candidate of each query (default: query i -> candidate i). Returns, on the inputs' device,
-    `ranks` (layers, Q), see `gold_ranks`, and `top` (layers, Q): the gold when it ranks first,
-    otherwise the highest-scoring other candidate (lowest index among equals), i.e. a top-scoring
-    candidate consistent with the ranks. Scores are fp32 (one batched matrix product over layers;
-    queries in chunks of at most `max_elements` scores)."""
+    `ranks` (layers, Q), see `gold_ranks` (cosines within `tie_tolerance` of the gold's are ties),
+    and `top` (layers, Q): the gold when it ranks first, otherwise the highest-scoring other
+    candidate (lowest index among equals), i.e. a top-scoring candidate consistent with the ranks.
+    Scores are fp32 (one batched matrix product over layers; queries in chunks of at most
+    `max_elements` scores)."""
     layers, n_queries, _ = queries.shape
     if gold is None:
         if candidates.shape[1] != n_queries:
@@ -204,7 +212,7 @@ def rank_candidates(queries: torch.Tensor, candidates: torch.Tensor, gold: Optio
         for start in range(0, n_queries, chunk):
             g = gold[start:start + chunk]
             scores = torch.bmm(q[:, start:start + chunk], c_t)  # (layers, n, C)
-            rank = gold_ranks(scores, g)
+            rank = gold_ranks(scores, g, tie_tolerance)
             scores.scatter_(-1, g.view(1, -1, 1).expand(layers, -1, 1), float("-inf"))
             other = scores.argmax(dim=-1)
             ranks.append(rank)
@@ -323,6 +331,9 @@ class SentenceRetrievalEvaluator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.sources, self.targets = list(sources), list(targets)
+        distinct: Dict[str, int] = {}
+        self._rows = np.array([distinct.setdefault(t, len(distinct)) for t in self.sources + self.targets])
+        self._distinct = list(distinct)
         self.tokenizer, self.pooling, self.batch_size, self.max_length = tokenizer, pooling, batch_size, max_length
         self.directions = tuple(dict.fromkeys(directions))
         self.names = {"forward": name, "reverse": reverse_name or f"{name}_reverse"}
@@ -344,12 +355,12 @@ class SentenceRetrievalEvaluator:
         return min(int(x) for x in limits if x and x < 10 ** 9)
 
     def tokenized(self, tokenizer, model) -> _Tokenized:
-        """The sentences of both sides (sources first) tokenised for `tokenizer`; cached."""
+        """The distinct sentences of both sides tokenised for `tokenizer`; cached."""
         max_length = self._limit(tokenizer, model)
         key = id(tokenizer)
         cached = self._tokenized.get(key)
         if cached is None or cached[0] is not tokenizer or cached[1] != max_length:
-            tok = _Tokenized(self.sources + self.targets, tokenizer, max_length, self.pooling)
+            tok = _Tokenized(self._distinct, tokenizer, max_length, self.pooling)
             if tok.truncated:
                 logger.warning("%d of %d sentences are longer than %d tokens and were truncated", tok.truncated,
                                len(tok.lengths), max_length)
@@ -361,7 +372,7 @@ class SentenceRetrievalEvaluator:
 
     def batches(self, tokenizer, model, device) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                   torch.Tensor]]:
-        """(sentence indices, input_ids, attention_mask, pool weights) on `device`, batches of sentences
+        """(distinct-sentence indices, input_ids, attention_mask, pool weights) on `device`, batches of sentences
         of similar length (longest first), each padded to its longest sentence (to a multiple of 8
         under autocast on a GPU, for tensor cores)."""
         tok = self.tokenized(tokenizer, model)
@@ -393,12 +404,11 @@ class SentenceRetrievalEvaluator:
                     out = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
                 pooled = pool_layers(out.hidden_states, weight)
                 if vectors is None:
-                    vectors = pooled.new_empty((pooled.shape[0], len(self.sources) + len(self.targets),
-                                                pooled.shape[2]))
+                    vectors = pooled.new_empty((pooled.shape[0], len(self._distinct), pooled.shape[2]))
                 vectors[:, idx] = pooled
         finally:
             model.train(was_training)
-        return vectors
+        return vectors[:, torch.from_numpy(self._rows).to(device)]
 
     def __call__(self, model, tokenizer=None, output_path: Optional[str] = None, epoch: int = -1,
                  steps: int = -1) -> Dict[str, float]:
