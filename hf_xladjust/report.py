@@ -17,13 +17,14 @@ set's metric (x100) with `*` (significantly different from Original) and `**` (f
 p < 0.05:
 
 * nli: accuracy; paired t-test on per-example correctness averaged over seeds;
-* qa: F1 / EM (each marked); paired t-tests on per-question F1 and EM averaged over seeds (unlabelled
-  sets, whose files carry null scores, are left out);
+* qa: F1 / EM (each marked); paired t-tests on per-question F1 and EM averaged over seeds;
 * xsr: MRR at the best layer, shown as `(Lk)`: one layer per model state (regime, language, set), the
   one with the highest MRR averaged over seeds; paired t-test on per-query reciprocal ranks at that
   layer averaged over seeds; acc@1 at that layer in the JSON;
 * ner: token-level micro F1; paired permutation test over the concatenated sentences of all seeds
   (seed s of one regime paired with seed s of the other), re-scoring F1 on each permutation.
+
+Unlabelled sets (QA files with null scores, NER files with null gold tags) are left out with a warning.
 
 Writes `report.md` (all tables, each followed by the p-values behind its marks), `{task}.md` and
 `{task}.csv` (the table alone), and `report.json` with every mean,
@@ -111,7 +112,8 @@ def _field(record: dict, name: str, path: str, line: int):
 
 def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None) -> Predictions:
     """Read a `predictions_*.jsonl` file of `task`: nli `correct`; qa `f1`, `em` (in [0, 1]; a file
-    whose questions all have null scores is an unlabelled set: `UnscoredSet`); xsr `ranks` (1-based,
+    whose questions all have null scores, or NER sentences null gold tags, is an unlabelled set:
+    `UnscoredSet`); xsr `ranks` (1-based,
     one per layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts of token-level micro
     F1, `hf_xladjust.evaluation.tagging.counts`: every tag but `O` is a class)."""
     counts_fn = counts_fn or token_counts
@@ -160,6 +162,9 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
                 rows.append(ranks)
             elif task == "ner":
                 gold, pred = _field(record, "gold", path, line_no), _field(record, "pred", path, line_no)
+                if gold is None:  # an unlabelled set: predictions without gold tags
+                    rows.append((-1, -1, -1))
+                    continue
                 if not isinstance(gold, list) or not isinstance(pred, list) or len(gold) != len(pred):
                     raise InputError("'gold' and 'pred' must be tag lists of one length", path, line_no)
                 rows.append(tuple(counts_fn(gold, pred)))
@@ -182,7 +187,14 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
     elif task == "xsr":
         values = {"ranks": np.asarray(rows, dtype=np.int64)}
     else:
-        values = {"counts": np.asarray(rows, dtype=np.int64).reshape(-1, 3)}
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        unscored = arr[:, 0] < 0
+        if unscored.all():
+            raise UnscoredSet(path)
+        if unscored.any():
+            raise InputError(f"{int(unscored.sum())} of {len(arr)} sentences have no gold tags (null), the "
+                             f"others have: a set is either labelled or not", path)
+        values = {"counts": arr}
     return Predictions(path, np.asarray(ids), values)
 
 

@@ -244,7 +244,11 @@ def test_ner_permutation_test_over_all_seeds(tmp_path):
             _write_jsonl(results / "ner" / regime / "ru" / f"seed{seed}" / "predictions_test_ru.jsonl",
                          [{"id": i, "tokens": ["w"] * len(g), "gold": g, "pred": p}
                           for i, (g, p) in enumerate(zip(gold, preds))])
+            # An unlabelled English set (null gold tags): left out, not scored.
+            _write_jsonl(results / "ner" / regime / "ru" / f"seed{seed}" / "predictions_test_en.jsonl",
+                         [{"id": 0, "tokens": ["w"], "gold": None, "pred": ["O"]}])
     report = build_report(str(results), ReportArguments(permutation_seed=3))
+    assert report["tasks"]["ner"]["header"] == ["model", "ru"]
     cells = report["tasks"]["ner"]["columns"][0]["cells"]
 
     def f1(c):
