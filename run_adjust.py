@@ -7,6 +7,9 @@ save); the reusable parts live in `hf_xladjust`. Example:
     python run_adjust.py --model_name_or_path bert-base-multilingual-cased \\
         --source_file wiki.en --target_file wiki.es --source_lang en --target_lang es \\
         --output_dir out/adjusted-es
+
+The paper's `xx ||| en` files work as they are with `--source_lang es --target_lang en` (or
+`--english_side target`): English is the side the anchor term keeps near the original model.
 """
 import copy
 import json
@@ -27,7 +30,7 @@ from hf_xladjust.alignment.pairs import (
     write_aligned_pairs,
 )
 from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
-from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments
+from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ def main():
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
     train_dataset = AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
     stats["links_truncated"] = train_dataset.links_lost
+    stats["links_special_tokens"] = train_dataset.special_links  # CLS<->CLS, SEP<->SEP (--link_special_tokens)
 
     trainer = AdjustTrainer(
         model=model,
@@ -97,6 +101,7 @@ def main():
     trainer.save_model()  # the adjusted encoder + tokenizer, loadable with AutoModel / AutoModelFor...
     metrics = train_result.metrics
     metrics["train_samples"] = len(train_dataset)
+    metrics["batches_without_links"] = count_over_processes(trainer, trainer.batches_without_links)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -6,7 +6,8 @@ A fork of the HF example `examples/pytorch/text-classification/run_xnli.py`, kep
 (parse, log, seed, data, model, preprocess, Trainer, train, evaluate, predict, metrics); the NLI
 logic lives in `hf_xladjust.tasks.xnli`. `--do_eval` evaluates on the validation sets and
 `--do_predict` on the test sets of English and every `--eval_languages` language, plus, with
-`--mixed_language_eval`, the mixed-language sets. Examples:
+`--mixed_language_eval`, the mixed-language sets (one per language and split, drawn with a fixed seed
+and recorded in `mixed_language_sets/`, so that every run seed evaluates the same set). Examples:
 
     # Hub data
     python run_glue_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name xnli \\
@@ -44,9 +45,9 @@ from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
 from hf_xladjust.tasks.xnli import (
     LABELS,
-    build_mixed_language,
     examples_to_columns,
     load_nli_examples,
+    mixed_language_set,
     model_label_ids,
     write_predictions,
 )
@@ -82,8 +83,16 @@ class DataTrainingArguments:
         metadata={"help": "Also evaluate on mixed-language sets: per example, the premise or the hypothesis "
                           "(seeded random choice) is replaced by the English original of the same line."},
     )
-    mixed_language_seed: Optional[int] = field(
-        default=None, metadata={"help": "Seed of the premise/hypothesis choice (default: --seed)."}
+    mixed_language_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the premise/hypothesis choice; fixed, independent of --seed, so that every run "
+                          "seed evaluates the same mixed-language set (as the paper)."},
+    )
+    mixed_language_sets: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder of recorded mixed-language choices, '{split}_mixed_{lang}.json': used when "
+                          "present, written when absent. Default: <output_dir>/mixed_language_sets. Point all "
+                          "runs of an experiment at one folder to pin the sets."},
     )
     max_seq_length: int = field(
         default=128, metadata={"help": "Maximum tokens of premise + hypothesis; longer pairs are truncated."}
@@ -110,9 +119,16 @@ class DataTrainingArguments:
 
 @dataclass
 class NLITrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's XNLI fine-tuning: lr 5e-5, 2 epochs, batch 32."""
+    """`TrainingArguments` with the paper's XNLI fine-tuning: lr 5e-5 decaying linearly to 0 without
+    warm-up, 2 epochs, batch 32, AdamW ε=1e-6 (transformers' AdamW, which its loop used), no clipping."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate (paper: 5e-5)."})
+    adam_epsilon: float = field(
+        default=1e-6, metadata={"help": "AdamW ε (the paper's loop: transformers' AdamW, default 1e-6)."}
+    )
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as the paper's loop."}
+    )
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the English data (paper: 2)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
@@ -143,7 +159,8 @@ def main():
     # language, and the mixed-language sets built from the target and English sets of the same split.
     hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
     languages = list(dict.fromkeys(["en"] + list(data_args.eval_languages)))
-    mixed_seed = data_args.mixed_language_seed if data_args.mixed_language_seed is not None else training_args.seed
+    mixed_seed = data_args.mixed_language_seed
+    mixed_dir = data_args.mixed_language_sets or os.path.join(training_args.output_dir, "mixed_language_sets")
     train_examples = None
     if training_args.do_train:
         if not (data_args.train_file or data_args.dataset_name):
@@ -168,10 +185,12 @@ def main():
         sets = {lang: examples for lang, (examples, _) in loaded.items()}
         if data_args.mixed_language_eval:
             english, english_source = loaded["en"]
-            for lang in languages[1:]:
-                target, target_source = loaded[lang]
-                sets[f"mixed_{lang}"] = build_mixed_language(target, english, mixed_seed, target_source,
-                                                             english_source)
+            with training_args.main_process_first(desc="mixed-language sets"):
+                for lang in languages[1:]:
+                    target, target_source = loaded[lang]
+                    sets[f"mixed_{lang}"] = mixed_language_set(
+                        target, english, mixed_seed, os.path.join(mixed_dir, f"{split}_mixed_{lang}.json"),
+                        target_source, english_source, write=training_args.process_index == 0)
         eval_sets[split] = sets
 
     # Load pretrained model and tokenizer. Our label ids are fixed (entailment, neutral,

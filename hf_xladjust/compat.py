@@ -12,19 +12,41 @@ steps before `backward` under rules that changed several times (read from each r
 The flag is detected on the class; the releases before it can only be told apart by their version.
 `ga_corrected_loss` makes the gradient right on all of them; on a Trainer with the flag it is a no-op.
 
+Warm-up. Up to 4.x a ratio of the steps is `warmup_ratio` (and `warmup_steps` an int); 5.x has no
+`warmup_ratio` and reads a float `warmup_steps` in [0, 1) as that ratio. `apply_warmup_ratio` turns a
+`warmup_ratio` field of our own argument classes into whichever the installed release reads.
+
 Resuming. torch 2.6+ loads with `weights_only=True` by default, and the Trainer's RNG checkpoint holds
 numpy arrays; transformers < 4.47 does not allowlist them (`rng_state_load_context`).
 """
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
 import transformers
 from packaging import version
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 _TF_VERSION = version.parse(version.parse(transformers.__version__).base_version)
 TRAINER_HAS_GA_FLAG = hasattr(Trainer, "loss_is_scaled_for_ga")
+# Whether TrainingArguments reads `warmup_ratio` itself (4.x); 5.x takes the ratio as a float warmup_steps.
+TRAINING_ARGS_READ_WARMUP_RATIO = "warmup_ratio" in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def apply_warmup_ratio(args) -> None:
+    """Make `args.warmup_ratio` (a field of our argument classes on every release) take effect: on releases
+    without the field in `TrainingArguments` (5.x), set `warmup_steps` to the ratio, as a float < 1, unless
+    an explicit `warmup_steps` was given (which wins, as on 4.x). Call before `TrainingArguments.__post_init__`."""
+    ratio = getattr(args, "warmup_ratio", 0.0) or 0.0
+    if ratio < 0:
+        raise ValueError(f"--warmup_ratio must be >= 0, got {ratio}")
+    if TRAINING_ARGS_READ_WARMUP_RATIO or ratio == 0 or args.warmup_steps:
+        return
+    if ratio >= 1:
+        raise ValueError(f"--warmup_ratio {ratio}: transformers {transformers.__version__} reads a warm-up ratio "
+                         f"only below 1 (as a float --warmup_steps); give --warmup_steps N instead")
+    args.warmup_steps = float(ratio)
 
 
 def accumulation_steps(trainer) -> int:

@@ -77,3 +77,41 @@ def independent_pull_mse(model, tokenizer, pairs):
             vecs.append({k: h[[i for i, w in enumerate(ids) if w == k]].mean(0) for k in set(ids) - {None}})
         diffs += [vecs[1][j] - vecs[0][i] for i, j in p.links]
     return torch.stack(diffs).pow(2).mean().item()
+
+
+def paper_sentence_vectors(model, tokenizer, words):
+    """One sentence as the paper's code packs it: [CLS], each word (mean of its subword vectors), [SEP]
+    (last layer), computed plainly with the tokenizer and model."""
+    import torch
+
+    enc = tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state[0]
+    ids = enc.word_ids()
+    word_vecs = [h[[i for i, w in enumerate(ids) if w == k]].mean(0) for k in range(len(words))]
+    return torch.stack([h[0], *word_vecs, h[len(ids) - 1]])
+
+
+def paper_alignment_terms(model, f0, tokenizer, pairs, include_clssep=True, sub_batch_size=None):
+    """The paper's loss terms computed plainly, with its construction: packed [CLS] w1..wn [SEP] vectors,
+    word links shifted by one, plus CLS<->CLS and SEP<->SEP links (`include_clssep`); pull = MSE over the
+    linked vectors, anchor = MSE of every English vector (`src`) against f0; with `sub_batch_size`, the
+    SUM over consecutive sub-batches of their means (the paper's loop), else one mean. Returns (pull, anchor)."""
+    import torch
+
+    size = sub_batch_size or len(pairs)
+    pull = anchor = 0.0
+    for start in range(0, len(pairs), size):
+        diffs, anchor_diffs = [], []
+        for p in pairs[start:start + size]:
+            src, tgt = paper_sentence_vectors(model, tokenizer, p.src), paper_sentence_vectors(model, tokenizer, p.tgt)
+            links = [(i + 1, j + 1) for i, j in p.links]
+            if include_clssep:
+                links += [(0, 0), (len(p.src) + 1, len(p.tgt) + 1)]
+            diffs += [tgt[j] - src[i] for i, j in links]
+            if f0 is not None:
+                anchor_diffs.append(src - paper_sentence_vectors(f0, tokenizer, p.src))
+        pull += torch.stack(diffs).pow(2).mean().item()
+        if f0 is not None:
+            anchor += torch.cat(anchor_diffs).pow(2).mean().item()
+    return pull, anchor

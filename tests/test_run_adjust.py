@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, build_tiny_model, fixture_lines, free_port, independent_pull_mse
+from conftest import (
+    FIXTURES,
+    build_tiny_model,
+    fixture_lines,
+    free_port,
+    independent_pull_mse,
+    paper_alignment_terms,
+)
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from hf_xladjust.alignment.pairs import read_aligned_pairs
@@ -57,11 +64,15 @@ def test_logged_align_loss_equals_independent_mse(tmp_path, no_dropout_model):
     logged = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "align_loss" in h]
     assert len(logged) == 1 and "loss" in logged[0]
     model = AutoModel.from_pretrained(out).eval()
-    expected = independent_pull_mse(model, AutoTokenizer.from_pretrained(out), pairs)
+    # the default is the paper's construction: CLS<->CLS and SEP<->SEP links next to the word links
+    expected, _ = paper_alignment_terms(model, None, AutoTokenizer.from_pretrained(out), pairs, include_clssep=True)
     assert logged[0]["align_loss"] == pytest.approx(expected, rel=1e-4)
+    assert expected != pytest.approx(independent_pull_mse(model, AutoTokenizer.from_pretrained(out), pairs), rel=1e-3)
     assert logged[0]["anchor_loss"] == pytest.approx(0.0, abs=1e-9)
     stats = json.loads((out / "alignment_stats.json").read_text())
     assert stats["sentences_kept"] == 12 and stats["links_kept"] == sum(len(p.links) for p in pairs)
+    assert stats["links_special_tokens"] == 24 and logged[0]["batches_without_links"] == 0
+    assert json.loads((out / "train_results.json").read_text())["batches_without_links"] == 0
 
 
 def test_eflomal_run_trains_and_saves_a_loadable_encoder(tmp_path, tiny_model_dir):

@@ -6,6 +6,11 @@ with g = f (the paper's code, `pull_target="current"`) or g = f0 (Cao's variant,
 vectors pool a word's subword vectors at one layer; pooling is one scatter over the whole batch, so
 there is no per-word Python loop and no host-device synchronisation. Means are over elements
 (pairs × hidden), as `torch.nn.functional.mse_loss` in the paper's code, and are computed in fp32.
+A batch whose links were all truncated away has a pull term of 0 (not the NaN of an empty mean).
+
+By default each term is one mean over the whole batch: every link weighs the same. The paper's code
+sums the means of sub-batches of 4 sentence pairs, so a link weighs 1/(links in its sub-batch) and
+the loss is about (batch / 4) times larger; `sub_batch_size=4` computes exactly that.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -32,17 +37,26 @@ class AlignmentLossArguments:
     anchor_weight: float = field(
         default=1.0, metadata={"help": "Weight of the anchor term keeping English near the original model f0."}
     )
+    sub_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Sum the per-sub-batch means of consecutive sub-batches of this many sentence pairs, as "
+                          "the paper's adjustment loop (4): each link weighs 1/(links in its sub-batch). Default: "
+                          "one mean over the batch, every link weighing the same."},
+    )
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pull_target not in PULL_TARGETS:
             raise ValueError(f"--pull_target must be one of {PULL_TARGETS}, got {self.pull_target!r}")
+        if self.sub_batch_size is not None and self.sub_batch_size < 1:
+            raise ValueError(f"--sub_batch_size must be positive, got {self.sub_batch_size}")
 
 
 def pool_words(hidden: torch.Tensor, token_slot: torch.Tensor, num_slots: int, pooling: str = "mean") -> torch.Tensor:
     """Word vectors (num_slots, H) from token vectors (B, L, H); `token_slot` (B, L) maps each token to a
-    batch-global word slot, -1 for tokens to ignore (padding)."""
+    batch-global word slot, -1 for tokens to ignore (padding). A slot no token maps to is a zero vector
+    with every pooling."""
     hidden_size = hidden.shape[-1]
     flat = hidden.reshape(-1, hidden_size)
     slots = token_slot.reshape(-1)
@@ -53,16 +67,19 @@ def pool_words(hidden: torch.Tensor, token_slot: torch.Tensor, num_slots: int, p
         # index_add_ rather than bincount: bincount on CUDA reads the maximum back to the host.
         counts = flat.new_zeros(num_slots + 1).index_add_(0, slots, flat.new_ones(slots.shape)).clamp_min(1)
         return (sums / counts[:, None])[:num_slots]
-    positions = torch.arange(slots.numel(), device=slots.device)
+    if pooling not in ("first", "last"):
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    # Row `n` (one past the tokens) is a zero vector: an empty slot picks it instead of another word's token.
+    n = slots.numel()
+    positions = torch.arange(n, device=slots.device)
     if pooling == "first":
-        pick = torch.full((num_slots + 1,), slots.numel(), device=slots.device, dtype=positions.dtype)
+        pick = torch.full((num_slots + 1,), n, device=slots.device, dtype=positions.dtype)
         pick = pick.scatter_reduce(0, slots, positions, reduce="amin")
-    elif pooling == "last":
+    else:
         pick = torch.full((num_slots + 1,), -1, device=slots.device, dtype=positions.dtype)
         pick = pick.scatter_reduce(0, slots, positions, reduce="amax")
-    else:
-        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-    return flat[pick[:num_slots]]
+        pick = torch.where(pick < 0, torch.full_like(pick, n), pick)
+    return torch.cat([flat, flat.new_zeros(1, hidden_size)])[pick[:num_slots]]
 
 
 def encoder_of(model: nn.Module) -> nn.Module:
@@ -104,17 +121,33 @@ def pair_word_vectors(encoder, batch: Dict, layer: int = -1, pooling: str = "mea
             pool_words(hidden[n:], tgt_slots, batch["tgt_num_slots"], pooling))
 
 
+def grouped_mse(a: torch.Tensor, b: torch.Tensor, group: Optional[torch.Tensor] = None,
+                num_groups: int = 1) -> torch.Tensor:
+    """Mean squared error of rows `a` vs `b` (N, H), 0 when N is 0. With `group` (N,) the rows fall into
+    `num_groups` groups and the result is the SUM of the groups' means (an empty group adds 0)."""
+    sq = (a - b).pow(2)
+    if group is None:
+        return sq.sum() / max(sq.numel(), 1)  # numel is known on the host: no sync
+    per_row = sq.sum(-1)
+    sums = per_row.new_zeros(num_groups).index_add_(0, group, per_row)
+    counts = per_row.new_zeros(num_groups).index_add_(0, group, torch.ones_like(per_row))
+    return (sums / (counts.clamp_min(1) * sq.shape[-1])).sum()
+
+
 class AlignmentLoss(nn.Module):
-    """Eq. 1 on a batch from `AlignedPairCollator`; returns `{"loss", "align_loss", "anchor_loss"}`.
+    """Eq. 1 on a batch from `AlignedPairCollator`; returns `{"loss", "align_loss", "anchor_loss"}` and
+    `num_links` (an int: the links of the batch, 0 when truncation removed them all).
 
     `anchor_model` is f0: kept frozen and in eval mode, never registered as a submodule (so it is
     not saved, not optimised, not wrapped by DDP). Call it under the caller's autocast; the
     distances are taken in fp32."""
 
     def __init__(self, anchor_model: Optional[nn.Module] = None, pooling: str = "mean", align_layer: int = -1,
-                 pull_target: str = "current", anchor_weight: float = 1.0, align_weight: float = 1.0):
+                 pull_target: str = "current", anchor_weight: float = 1.0, align_weight: float = 1.0,
+                 sub_batch_size: Optional[int] = None):
         super().__init__()
-        AlignmentLossArguments(pooling=pooling, pull_target=pull_target)  # validates the choices
+        AlignmentLossArguments(pooling=pooling, pull_target=pull_target, sub_batch_size=sub_batch_size)  # validates
+        self.sub_batch_size = sub_batch_size
         if anchor_model is None and (anchor_weight != 0 or pull_target == "frozen"):
             raise ValueError("the anchor term and --pull_target frozen need the original model (anchor_model)")
         self.pooling, self.align_layer, self.pull_target = pooling, align_layer, pull_target
@@ -125,7 +158,8 @@ class AlignmentLoss(nn.Module):
 
     @classmethod
     def from_args(cls, args: AlignmentLossArguments, anchor_model=None, align_weight: float = 1.0):
-        return cls(anchor_model, args.pooling, args.align_layer, args.pull_target, args.anchor_weight, align_weight)
+        return cls(anchor_model, args.pooling, args.align_layer, args.pull_target, args.anchor_weight, align_weight,
+                   sub_batch_size=getattr(args, "sub_batch_size", None))
 
     @property
     def anchor_model(self):
@@ -145,7 +179,14 @@ class AlignmentLoss(nn.Module):
         need_f0 = self.anchor_weight != 0 or self.pull_target == "frozen"
         src0 = self._anchor_vectors(batch, src.device) if need_f0 else None
         pull_to = src0 if self.pull_target == "frozen" else src
-        align = F.mse_loss(tgt[batch["tgt_link_slots"]], pull_to[batch["src_link_slots"]])
-        anchor = F.mse_loss(src, src0) if src0 is not None else src.new_zeros(())
+        link_group = slot_group = None
+        num_groups = 1
+        if self.sub_batch_size:  # the paper's sum over sub-batches of consecutive sentence pairs
+            num_groups = -(-batch["src_input_ids"].shape[0] // self.sub_batch_size)
+            link_group = batch["link_sentence"] // self.sub_batch_size
+            slot_group = batch["src_slot_sentence"] // self.sub_batch_size
+        align = grouped_mse(tgt[batch["tgt_link_slots"]], pull_to[batch["src_link_slots"]], link_group, num_groups)
+        anchor = grouped_mse(src, src0, slot_group, num_groups) if src0 is not None else src.new_zeros(())
         loss = self.align_weight * align + self.anchor_weight * anchor
-        return {"loss": loss, "align_loss": align.detach(), "anchor_loss": anchor.detach()}
+        return {"loss": loss, "align_loss": align.detach(), "anchor_loss": anchor.detach(),
+                "num_links": int(batch["src_link_slots"].shape[0])}

@@ -24,8 +24,16 @@ Links = List[Tuple[int, int]]
 class AlignmentDataArguments:
     """How a parallel corpus becomes aligned word pairs (shared by run_adjust.py and the continual mode)."""
 
-    source_lang: str = field(default="en", metadata={"help": "Language of the source side (English in the paper)."})
+    source_lang: str = field(
+        default="en", metadata={"help": "Language of the source side (the first file, or left of '|||')."}
+    )
     target_lang: str = field(default=None, metadata={"help": "Language of the target side (es, ru, vi, hi, ...)."})
+    english_side: Optional[str] = field(
+        default=None,
+        metadata={"help": "Which side of the corpus is English, the side the anchor keeps near f0: source or "
+                          "target. Default: target when --target_lang is en (the paper's 'xx ||| en' files), "
+                          "else source. aligned_pairs.jsonl always has English as 'src'."},
+    )
     aligner: str = field(
         default="eflomal",
         metadata={"help": "Word aligner: eflomal (default), fast_align (the paper's; extra 'fast_align'), or "
@@ -51,7 +59,8 @@ class AlignmentDataArguments:
     )
     drop_unlinked: bool = field(default=True, metadata={"help": "Drop sentence pairs left with no link."})
     link_special_tokens: bool = field(
-        default=False, metadata={"help": "Also pull CLS<->CLS and SEP<->SEP together (Cao et al.'s code)."}
+        default=True,
+        metadata={"help": "Also pull CLS<->CLS and SEP<->SEP together (on in the paper's runs, --include_clssep)."},
     )
     align_max_length: Optional[int] = field(
         default=None, metadata={"help": "Subword limit per sentence (default: the model's); words past it drop out."}
@@ -59,6 +68,25 @@ class AlignmentDataArguments:
     skip_bad_lines: bool = field(
         default=False, metadata={"help": "Skip (and count) empty or undecodable corpus lines instead of failing."}
     )
+
+    def __post_init__(self):
+        if self.english_side not in (None, "source", "target"):
+            raise ValueError(f"--english_side must be source or target, got {self.english_side!r}")
+        if self.source_lang and self.target_lang and self.source_lang == self.target_lang:
+            raise ValueError(f"--source_lang and --target_lang are both {self.source_lang!r}")
+        derived = self._english_side_from_languages()
+        if self.english_side and derived and self.english_side != derived:
+            raise ValueError(f"--english_side {self.english_side} contradicts --source_lang {self.source_lang} "
+                             f"--target_lang {self.target_lang}")
+
+    def _english_side_from_languages(self) -> Optional[str]:
+        # Only an explicit English target says anything: --source_lang defaults to en.
+        return "target" if self.target_lang == "en" else None
+
+    @property
+    def english_is_target(self) -> bool:
+        """Whether the corpus has English on its target side (swapped to `src` when read)."""
+        return (self.english_side or self._english_side_from_languages() or "source") == "target"
 
 
 @dataclass
@@ -109,25 +137,38 @@ def filter_pairs(src_sents, tgt_sents, links, args: AlignmentDataArguments) -> T
 
 def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_file=None, train_file=None,
                         seed: int = 42, cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
-    """Read a parallel corpus, sample it, word-align it (or read --alignment_file) and filter the links."""
+    """Read a parallel corpus, drop pairs over `max_words` words from the whole corpus, sample
+    `max_sentences` of the rest, word-align them (or read --alignment_file) and filter the links: the
+    order of the paper's code. The returned pairs have English as `src` (see `english_side`)."""
     from hf_xladjust.alignment.aligners import align_corpus
     from hf_xladjust.alignment.parallel import read_parallel, sample_corpus
 
     corpus = read_parallel(source_file, target_file, train_file, skip_bad_lines=args.skip_bad_lines)
+    short = [k for k, (s, t) in enumerate(zip(corpus.src, corpus.tgt))
+             if not args.max_words or (len(s) <= args.max_words and len(t) <= args.max_words)]
+    too_long = len(corpus) - len(short)
+    if not short:
+        raise InputError(f"every sentence pair has more than {args.max_words} words on a side (--max_words)",
+                         corpus.source_path)
+    sample = sample_corpus(corpus.subset(short) if too_long else corpus, args.max_sentences, seed)
     if args.aligner == "pharaoh":
-        # A precomputed file covers the whole corpus: read it first, then sample the same lines.
+        # A precomputed file covers the whole corpus: read it all (checking every line), keep the sample's lines.
         links = align_corpus(corpus.src, corpus.tgt, "pharaoh", alignment_file=args.alignment_file)
-        sample = sample_corpus(corpus, args.max_sentences, seed)
         by_line = dict(zip(corpus.line_numbers, links))
         links = [by_line[n] for n in sample.line_numbers]
     else:
-        sample = sample_corpus(corpus, args.max_sentences, seed)
         default = "grow-diag-final-and" if args.aligner == "fast_align" else "intersect"
         symmetrization = args.symmetrization or default
         links = align_corpus(sample.src, sample.tgt, args.aligner, symmetrization, seed=seed,
                              cache_dir=cache_dir)
-    pairs, stats = filter_pairs(sample.src, sample.tgt, links, args)
-    stats = {"lines_skipped": dict(corpus.skipped), "sentences_in_corpus": len(corpus), **stats}
+    src, tgt = sample.src, sample.tgt
+    if args.english_is_target:  # English goes to `src`, the side the anchor term reads
+        src, tgt = tgt, src
+        links = [[(j, i) for i, j in sent_links] for sent_links in links]
+    pairs, stats = filter_pairs(src, tgt, links, args)
+    stats = {"lines_skipped": dict(corpus.skipped), "sentences_in_corpus": len(corpus),
+             **stats, "sentences_too_long": too_long,
+             "english_side": "target" if args.english_is_target else "source"}
     if not pairs:
         raise InputError("no sentence pair is left after alignment and filtering", corpus.source_path)
     return pairs, stats
@@ -206,7 +247,7 @@ class AlignedPairDataset(torch.utils.data.Dataset):
         self.pairs = list(pairs)
         enc_src, rows_src = _tokenize_words(tokenizer, [p.src for p in self.pairs], max_length)
         enc_tgt, rows_tgt = _tokenize_words(tokenizer, [p.tgt for p in self.pairs], max_length)
-        self.features, self.links_lost = [], 0
+        self.features, self.links_lost, self.special_links = [], 0, 0
         self.word_slots = {"src": [], "tgt": []}  # per pair: word index -> slot (-1: truncated away)
         for pair, (s_row, s_cut), (t_row, t_cut) in zip(self.pairs, rows_src, rows_tgt):
             s_ids, s_slot, s_map = _slot_encode(enc_src, s_row, s_cut, len(pair.src))
@@ -223,6 +264,7 @@ class AlignedPairDataset(torch.utils.data.Dataset):
                 t_special = np.arange(t_map.max() + 1, t_slot.max() + 1)
                 if len(s_special) == len(t_special):
                     slot_links = np.concatenate([slot_links, np.stack([s_special, t_special], axis=1)])
+                    self.special_links += len(s_special)
             self.features.append({
                 "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max()) + 1,
                 "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max()) + 1,
@@ -252,7 +294,8 @@ class AlignedPairCollator:
 
     Output keys: `{src,tgt}_input_ids`, `{src,tgt}_attention_mask`, `{src,tgt}_token_slot` (-1 on
     padding and on a word cut by truncation), `{src,tgt}_num_slots` (int),
-    `src_link_slots`/`tgt_link_slots` (one entry per link)."""
+    `src_link_slots`/`tgt_link_slots` (one entry per link), and the sentence (row) each link and each
+    source slot belongs to, `link_sentence` and `src_slot_sentence` (for per-sub-batch means)."""
 
     pad_token_id: int
 
@@ -275,5 +318,9 @@ class AlignedPairCollator:
             np.concatenate([ln[:, 0] + off for ln, off in zip(links, offsets["src"])]), dtype=torch.long)
         batch["tgt_link_slots"] = torch.as_tensor(
             np.concatenate([ln[:, 1] + off for ln, off in zip(links, offsets["tgt"])]), dtype=torch.long)
+        rows = np.arange(len(features))
+        batch["link_sentence"] = torch.as_tensor(np.repeat(rows, [len(ln) for ln in links]), dtype=torch.long)
+        batch["src_slot_sentence"] = torch.as_tensor(
+            np.repeat(rows, [f["src_num_slots"] for f in features]), dtype=torch.long)
         return batch
 

@@ -3,10 +3,12 @@ per-example predictions.
 
 The label ids are fixed to those of the Hub `xnli` dataset (entailment 0, neutral 1, contradiction 2)
 whatever the source. A mixed-language set (Efimov et al., Sec. 4) replaces, per example, the premise
-or the hypothesis (chosen by a seeded RNG) with the English original of the same line; the choice is
-kept with the example so that it can be written next to the prediction.
+or the hypothesis (chosen by a seeded RNG, with a fixed seed by default, so that every run seed sees
+the same set) with the English original of the same line; the choices are recorded in a JSON file that
+later runs can reuse, and kept with each example so that they are written next to the predictions.
 """
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -14,7 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.files import atomic_write
+from hf_xladjust.files import atomic_write, write_json
 
 LABELS = ("entailment", "neutral", "contradiction")
 LABEL2ID = {label: i for i, label in enumerate(LABELS)}
@@ -139,6 +141,35 @@ def build_mixed_language(target: Sequence[NLIExample], english: Sequence[NLIExam
             mixed.append(MixedNLIExample(t.id, e.premise, t.hypothesis, t.label, t.line, "premise"))
         else:
             mixed.append(MixedNLIExample(t.id, t.premise, e.hypothesis, t.label, t.line, "hypothesis"))
+    return mixed
+
+
+def mixed_language_set(target: Sequence[NLIExample], english: Sequence[NLIExample], seed: int, path: str,
+                       target_source: Optional[str] = None, english_source: Optional[str] = None,
+                       write: bool = True) -> List[MixedNLIExample]:
+    """The mixed-language set of `target`, with its premise/hypothesis choices recorded in `path` (JSON):
+    when `path` exists its choices are used (the first len(target) of them, so a set built on a whole
+    file serves its prefixes), else they are drawn with `seed` (`build_mixed_language`) and, with
+    `write`, saved there. Every run pointed at the same file evaluates the same set."""
+    mixed = build_mixed_language(target, english, seed, target_source, english_source)  # also checks the files
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                sides = json.load(f)["english_side"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"not a mixed-language choice file ({e})", path) from None
+        if len(sides) < len(mixed):
+            raise InputError(f"{len(sides)} recorded choices, but the set has {len(mixed)} examples "
+                             f"({target_source or 'target set'})", path)
+        bad = sorted(set(sides) - set(ENGLISH_SIDES))
+        if bad:
+            raise InputError(f"unknown english_side value(s) {bad}; expected {' or '.join(ENGLISH_SIDES)}", path)
+        return [MixedNLIExample(t.id, e.premise if side == "premise" else t.premise,
+                                t.hypothesis if side == "premise" else e.hypothesis, t.label, t.line, side)
+                for t, e, side in zip(target, english, sides)]
+    if write:
+        write_json(path, {"seed": seed, "examples": len(mixed), "target_source": target_source,
+                          "english_source": english_source, "english_side": [m.english_side for m in mixed]})
     return mixed
 
 

@@ -5,14 +5,15 @@ import torch
 from transformers import TrainingArguments
 
 from hf_xladjust.alignment.loss import AlignmentLoss
-from hf_xladjust.compat import ga_corrected_loss
+from hf_xladjust.compat import apply_warmup_ratio, ga_corrected_loss
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
 
 
 @dataclass
 class AdjustTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the optimiser settings of the paper's code (Cao et al.'s): Adam
-    β2=0.98, ε=1e-9, lr 5e-5, linear warm-up over 10% then constant, one epoch, 32 sentence pairs."""
+    β2=0.98, ε=1e-9, lr 5e-5, linear warm-up over 10% then constant, one epoch, 32 sentence pairs,
+    no gradient clipping. `warmup_ratio` works on every supported release (see hf_xladjust.compat)."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5)."})
     adam_beta2: float = field(default=0.98, metadata={"help": "Adam β2 (Cao et al.: 0.98)."})
@@ -21,7 +22,13 @@ class AdjustTrainingArguments(TrainingArguments):
     lr_scheduler_type: str = field(
         default="constant_with_warmup", metadata={"help": "Warm-up then constant, as the paper's code."}
     )
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Warm-up over the first 10% of the steps."})
+    warmup_ratio: float = field(
+        default=0.1, metadata={"help": "Linear warm-up over this fraction of the steps (paper: 0.1); an explicit "
+                                       "--warmup_steps N takes precedence."}
+    )
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as the paper's loop."}
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "One pass over the aligned corpus."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Sentence pairs per step (paper: 32)."})
     remove_unused_columns: bool = field(
@@ -30,10 +37,22 @@ class AdjustTrainingArguments(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "Only the final model is saved by default."})
     logging_steps: float = field(default=10, metadata={"help": "Log loss, align_loss and anchor_loss this often."})
 
+    def __post_init__(self):
+        apply_warmup_ratio(self)  # transformers 5.x reads the ratio only as a float warmup_steps
+        super().__post_init__()
+
+
+def count_over_processes(trainer, count: int) -> float:
+    """A per-process counter summed over the processes (a collective: every process must call it)."""
+    value = torch.tensor(float(count), device=trainer.args.device)
+    return trainer.accelerator.reduce(value, reduction="sum").item()
+
 
 class AdjustTrainer(MetricsLoggingTrainer):
     """Trains an encoder on the alignment loss. `compute_loss` returns Eq. 1 and records its two
-    terms, which `log()` averages over the logging window and reports next to `loss`."""
+    terms, which `log()` averages over the logging window and reports next to `loss`, with
+    `batches_without_links`: how many training batches so far (summed over processes) had every link
+    truncated away, so that their pull term was 0."""
 
     # The loss is a per-batch mean and ignores `num_items_in_batch`: the Trainer must divide it
     # by the accumulation steps (4.48.1+: model_accepts_loss_kwargs; 5.x: this flag; 4.46-4.48.0 do
@@ -44,6 +63,7 @@ class AdjustTrainer(MetricsLoggingTrainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.alignment_loss = alignment_loss
+        self.batches_without_links = 0
         if self.args.remove_unused_columns:
             raise ValueError("AdjustTrainer needs remove_unused_columns=False (its batches are not model inputs)")
 
@@ -54,8 +74,15 @@ class AdjustTrainer(MetricsLoggingTrainer):
         mode = "train" if model.training else "eval"
         for key in ("align_loss", "anchor_loss"):
             self.record_metric(key, out[key], mode)
+        if model.training and out["num_links"] == 0:
+            self.batches_without_links += 1
         loss = ga_corrected_loss(self, out["loss"], num_items_in_batch) if model.training else out["loss"]
         return (loss, out) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:  # training logs (every process logs, so the sum is a collective all reach)
+            logs["batches_without_links"] = count_over_processes(self, self.batches_without_links)
+        super().log(logs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -51,6 +51,7 @@ from hf_xladjust.alignment.pairs import (
 )
 from hf_xladjust.compat import accumulation_steps, ga_corrected_loss, trainer_divides_by_ga
 from hf_xladjust.sampling import subsample_indices
+from hf_xladjust.trainers.adjust import count_over_processes
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class ContinualAlignArguments:
     `AlignmentLossArguments`."""
 
     align_train_file: Optional[str] = field(
-        default=None, metadata={"help": "Parallel corpus for continual alignment: one 'en ||| xx' pair a line."}
+        default=None, metadata={"help": "Parallel corpus for continual alignment: one 'en ||| xx' pair a line "
+                                        "('xx ||| en' with --target_lang en or --english_side target)."}
     )
     align_source_file: Optional[str] = field(
-        default=None, metadata={"help": "Or: the source (English) side, one sentence a line."}
+        default=None, metadata={"help": "Or: the source side (English unless --english_side target), one sentence a "
+                                        "line."}
     )
     align_target_file: Optional[str] = field(
         default=None, metadata={"help": "Target side, line-aligned with --align_source_file."}
@@ -154,7 +157,8 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
 class ContinualAlignTrainer(MetricsLoggingTrainer):
     """A `Trainer` whose training loss adds, once per optimisation step, the alignment loss of a side
     batch of aligned pairs (Eq. 2). `align_loss` and `anchor_loss` (unweighted, averaged over the
-    logging window and the processes) are logged next to `loss`, which is the whole objective.
+    logging window and the processes) are logged next to `loss`, which is the whole objective, with
+    `batches_without_links` (side batches so far whose links were all truncated away: pull term 0).
     Evaluation and prediction use the plain task loss. Without `align_dataset`, or with both weights 0,
     no side batch is computed and it is the plain `Trainer` (except for the task-loss scaling fix
     under gradient accumulation or several processes, see the module docstring). The side data never
@@ -185,6 +189,7 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         self.align_collator = AlignedPairCollator(pad_id if pad_id is not None else 0)
         if self.align_enabled and alignment_loss.anchor_model is not None:
             alignment_loss.anchor_model.to(self.args.device)
+        self.batches_without_links = 0  # side batches whose links were all truncated away (pull term 0)
         self._side_done = (None, None)  # (TrainerState, global_step) whose side batch has been added
         self._task_scaling_checked = not self.check_task_loss_scaling
 
@@ -266,4 +271,11 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         loss = task_loss.float() + side["loss"] * scale
         for key in ("align_loss", "anchor_loss"):
             self.record_metric(key, side[key])
+        if side["num_links"] == 0:
+            self.batches_without_links += 1
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if self.align_enabled and "loss" in logs:  # training logs; every process logs (a collective)
+            logs["batches_without_links"] = count_over_processes(self, self.batches_without_links)
+        super().log(logs, *args, **kwargs)
