@@ -475,7 +475,9 @@ class ReportArguments:
     languages: Optional[List[str]] = field(default=None, metadata={"help": "Language folders, in column order "
                                                                            "(default: es ru vi hi, then the others)."})
     seeds: Optional[List[int]] = field(default=None, metadata={"help": "Only these seeds (default: every seedN)."})
-    split: str = field(default="test", metadata={"help": "Which predictions_{split}_{set}.jsonl files to read."})
+    split: List[str] = field(default_factory=lambda: ["test"], metadata={
+        "help": "Which predictions_{split}_{set}.jsonl files to read: SPLIT for every task, TASK=SPLIT for one "
+                "(e.g. `test ner=eval` when the NER test files are unlabelled, as XTREME's local copies)."})
     alpha: float = field(default=ALPHA, metadata={"help": "Significance level of the marks."})
     n_resamples: int = field(default=N_RESAMPLES, metadata={"help": "Permutations of the NER test."})
     permutation_seed: int = field(default=0, metadata={"help": "Seed of the NER permutation test."})
@@ -488,9 +490,24 @@ class ReportArguments:
         unknown = sorted(set(self.tasks or ()) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+        self.split_of(TASKS[0])  # checks the --split entries
         unknown = sorted(set(self.report_to or ()) - {"wandb", "none"})
         if unknown:
             raise ValueError(f"--report_to supports wandb (or none), got {unknown}")
+
+
+    def split_of(self, task: str) -> str:
+        """The split read for `task`: its TASK=SPLIT entry, else the plain SPLIT entry (default test)."""
+        default, per_task = "test", {}
+        for entry in self.split:
+            name, sep, value = entry.partition("=")
+            if not sep:
+                default = entry
+            elif name in TASKS and value:
+                per_task[name] = value
+            else:
+                raise ValueError(f"--split takes SPLIT or TASK=SPLIT (task in {list(TASKS)}), got {entry!r}")
+        return per_task.get(task, default)
 
 
 def build_report(results_dir: str, args: ReportArguments) -> dict:
@@ -508,10 +525,11 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
     for task in tasks:
         if not os.path.isdir(os.path.join(results_dir, task)):
             raise InputError(f"no {task} folder", results_dir)
-        found = discover(results_dir, task, args.split, args.languages, args.seeds)
+        split = args.split_of(task)
+        found = discover(results_dir, task, split, args.languages, args.seeds)
         if not found:
             logger.warning("%s: no predictions_%s_*.jsonl files in any {regime}/{lang}/seedN folder",
-                           os.path.join(results_dir, task), args.split)
+                           os.path.join(results_dir, task), split)
             continue
         columns = {}
         for col, files in found.items():
@@ -523,11 +541,11 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
         if not columns:
             continue
         header, rows = task_table(task, columns, args.digits)
-        note = (f"Mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from Original, `**` from "
-                f"Adjusted (p < {args.alpha:g}; {TESTS[task]}).")
+        note = (f"Split {split}; mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from Original, "
+                f"`**` from Adjusted (p < {args.alpha:g}; {TESTS[task]}).")
         p_header, p_rows = p_value_table(task, columns)
         report["tasks"][task] = {
-            "title": TITLES[task], "note": note, "header": header, "rows": rows,
+            "title": TITLES[task], "split": split, "note": note, "header": header, "rows": rows,
             "markdown": to_markdown(header, rows), "csv": to_csv(header, rows),
             "p_values_markdown": to_markdown(p_header, p_rows) if p_rows else "",
             "columns": [{"label": col.label, "lang": col.lang, "set": col.set_name, "english": col.english,

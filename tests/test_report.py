@@ -118,7 +118,12 @@ def test_report_reproduces_the_hand_made_table(tmp_path, capsys, original):
     assert cells["ru"]["adjusted_cont"]["metrics"]["accuracy"]["marks"] == "*,**"
     assert cells["es"]["original"]["metrics"]["accuracy"]["marks"] == ""
     assert cells["en (es)"]["adjusted"]["seeds"] == [0, 1]
-    assert report["settings"]["split"] == "test"
+    assert report["settings"]["split"] == ["test"] and report["tasks"]["nli"]["split"] == "test"
+    assert "Split test; mean over seeds (2 seeds)" in (out / "report.md").read_text()
+    # Another split per task: no nli eval files here, so no nli table.
+    assert build_report(str(results), ReportArguments(split=["test", "nli=eval"]))["tasks"] == {}
+    with pytest.raises(ValueError, match="TASK=SPLIT"):
+        ReportArguments(split=["pos=eval"])
 
     # Only seed 1: no standard deviation, t-tests on one seed's correctness.
     report = build_report(str(results), ReportArguments(seeds=[1]))
