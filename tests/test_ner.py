@@ -206,6 +206,10 @@ def test_seqeval_entity_f1_hand_computed():
     assert scores["precision"] == pytest.approx(2 / 6)
     assert scores["recall"] == pytest.approx(2 / 3)
     assert scores["f1"] == pytest.approx(4 / 9)
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    assert (scores["precision"], scores["recall"], scores["f1"]) == pytest.approx(
+        (precision_score(GOLD, PRED), recall_score(GOLD, PRED), f1_score(GOLD, PRED)))
     assert (scores["PER_f1"], scores["ORG_f1"], scores["PER_number"]) == (0.0, 1.0, 1)
     assert scores["LOC_precision"] == pytest.approx(1 / 2) and scores["LOC_recall"] == 1.0
     merged = tagging_metrics(GOLD, PRED)

@@ -71,13 +71,14 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
                   per_type: bool = False) -> Dict[str, float]:
     """seqeval's entity-level micro precision, recall and F1 (default mode); with `per_type`, also
     `{type}_precision`/`_recall`/`_f1`/`_number` for every entity type in the gold or predicted tags."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.metrics import classification_report
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
 
     _flatten(gold, pred)  # the same shape checks as the token scores
     gold, pred = [list(s) for s in gold], [list(s) for s in pred]
-    scores = {"precision": float(precision_score(gold, pred, zero_division=0)),
-              "recall": float(recall_score(gold, pred, zero_division=0)),
-              "f1": float(f1_score(gold, pred, zero_division=0))}
+    # what seqeval's precision_score/recall_score/f1_score return, from one pass over the entities
+    precision, recall, f1, _ = precision_recall_fscore_support(gold, pred, average="micro", zero_division=0)
+    scores = {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
     if per_type:
         report = classification_report(gold, pred, output_dict=True, zero_division=0)
         for name, values in report.items():
