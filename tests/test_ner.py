@@ -1,14 +1,16 @@
 """WikiANN NER: tsv/Hub reading, first-subword label alignment, truncated words, token-level and entity-level
 scores on a hand-computed case, and run_ner_xl.py end to end (plain, Hub, continual, errors, real data)."""
 import json
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
-from conftest import FIXTURES, fixture_lines
+from conftest import FIXTURES, fixture_lines, free_port
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from hf_xladjust.errors import InputError
@@ -382,6 +384,33 @@ def test_run_ner_xl_checkpoint_with_other_labels(tmp_path, tiny_model_dir, monke
                    "--validation_file_pattern", NER / "dev-{lang}.tsv", "--eval_languages", "es", "--do_eval",
                    "--output_dir", tmp_path / "out")
     assert err.value.path == str(tmp_path / "misc")
+
+
+@pytest.mark.slow
+def test_run_ner_xl_two_processes(tmp_path, tiny_model_dir, monkeypatch):
+    """`accelerate launch` with two gloo processes (--multi_gpu without GPUs; accelerate's --cpu starts one):
+    sets of 3 and 4 sentences are split over the ranks and gathered back, and the predictions are those of
+    the saved model evaluated again in one process."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), str(ROOT / "run_ner_xl.py"),
+         "--model_name_or_path", tiny_model_dir, "--train_file", str(train_file_of(tmp_path, 16)),
+         "--validation_file_pattern", str(NER / "dev-{lang}.tsv"), "--eval_languages", "es", "ru",
+         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "2", "--num_train_epochs", "1",
+         "--do_train", "--do_eval", "--output_dir", str(out), *COMMON_FLAGS],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2  # 16 / (4 x 2 ranks)
+    check_outputs(out, "eval", ["en", "es", "ru"])
+    again = tmp_path / "again"
+    run_script(monkeypatch, "--model_name_or_path", out, "--validation_file_pattern", NER / "dev-{lang}.tsv",
+               "--eval_languages", "es", "ru", "--do_eval", "--output_dir", again)
+    for lang in ("en", "es", "ru"):
+        assert ((out / f"predictions_eval_{lang}.jsonl").read_text()
+                == (again / f"predictions_eval_{lang}.jsonl").read_text())
 
 
 # --- real data ------------------------------------------------------------------------------------
