@@ -11,8 +11,8 @@ How it is computed (one code path for a standalone run and a call during trainin
 * tokenised once per tokenizer, without padding; batches are cut from the distinct sentences of
   both sides sorted by length (longest first), so padding is small and the largest batch comes
   first; a sentence that occurs twice is embedded once, so its copies tie exactly;
-* ONE forward pass per batch with `output_hidden_states=True` gives every layer; the pooling is one
-  weighted sum over tokens for all layers at once, in fp32 (also under fp16/bf16 autocast);
+* ONE forward pass per batch with `output_hidden_states=True` gives every layer; pooling is a
+  weighted sum over tokens (one small matrix product per layer), in fp32 (also under autocast);
 * scores are cosine similarities of ALL candidates for each query: one batched matrix product over
   the layers (queries are chunked only to bound memory), in fp32, on the model's device;
 * ties count against the gold candidate (see `gold_ranks`).
@@ -256,10 +256,13 @@ class _Tokenized:
 
 
 def pool_layers(hidden_states: Sequence[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
-    """Sentence vectors of every layer in fp32: (layers, batch, hidden) = Σ_t weight[b, t]·h[l, b, t]."""
+    """Sentence vectors of every layer in fp32: (layers, batch, hidden) = Σ_t weight[b, t]·h[l, b, t].
+
+    One (batch, 1, tokens) x (batch, tokens, hidden) product per layer: no copy of the hidden states
+    (in fp32), where stacking them first would copy every layer's activations."""
     with torch.autocast(weight.device.type, enabled=False):
-        stacked = torch.stack(hidden_states).float()  # (layers, batch, tokens, hidden)
-        return torch.einsum("lbth,bt->lbh", stacked, weight.float())
+        w = weight.float().unsqueeze(1)
+        return torch.stack([torch.bmm(w, h.float()).squeeze(1) for h in hidden_states])
 
 
 @dataclass
