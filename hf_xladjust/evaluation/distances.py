@@ -313,7 +313,10 @@ class DistanceAnalysisArguments:
     """What to measure and where the results go (`--model NAME=PATH` is repeated, one per state)."""
 
     output_dir: str = field(metadata={"help": "Where distances.png, distances.json and distances.npz go."})
-    pairs: Optional[str] = field(default=None, metadata={"help": "aligned_pairs.jsonl (as run_adjust.py writes it)."})
+    pairs: Optional[str] = field(
+        default=None, metadata={"help": "HELD-OUT aligned pairs (the aligned_pairs.jsonl format), never the file the "
+                                        "model was adjusted on: its words were pulled together in training."}
+    )
     train_file: Optional[str] = field(default=None, metadata={"help": "'source ||| target' lines, aligned here."})
     source_file: Optional[str] = field(default=None, metadata={"help": "Source side, one sentence a line."})
     target_file: Optional[str] = field(default=None, metadata={"help": "Target side, line-aligned."})
