@@ -399,11 +399,15 @@ def test_run_qa_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
                "--validation_file", QA / "train.json", "--mlqa_dir", QA / "mlqa", "--xquad_dir", QA,
                "--tydiqa_dir", QA, "--eval_languages", "es", "ru", "--do_train", "--do_eval",
                "--do_predict", "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--output_dir", out,
-               *WINDOW)
+               "--eval_strategy", "epoch", *WINDOW)
     results = check_outputs(out, {"eval": ["en", "mlqa_es-c_es-q", "mlqa_en-c_es-q", "mlqa_es-c_en-q"],
                                   "test": ["xquad_es", "xquad_es-q_en-c", "xquad_en-q_es-c", "xquad_ru",
                                            "xquad_ru-q_en-c", "xquad_en-q_ru-c", "tydiqa_ru"]})
     assert results["train_samples"] == 12
+    # the QA evaluation loop also runs inside training (--eval_strategy), on every validation set
+    logged = {k for h in json.loads((out / "trainer_state.json").read_text())["log_history"] for k in h}
+    assert {f"eval_{name}_{metric}" for name in ("en", "mlqa_es-c_es-q", "mlqa_en-c_es-q", "mlqa_es-c_en-q")
+            for metric in ("f1", "exact_match")} <= logged
     run_args = json.loads((out / "run_args.json").read_text())
     assert run_args["eval_sets"]["eval"]["mlqa_es-c_es-q"] == {
         "source": str(QA / "mlqa/dev/dev-context-es-question-es.json"), "metric": "mlqa", "lang": "es",
