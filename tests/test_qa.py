@@ -537,3 +537,34 @@ def test_run_qa_xl_on_shared_data(tmp_path, shared_data, monkeypatch):
     for line in (out / "predictions_test_xquad_en-q_es-c.jsonl").read_text().splitlines():
         rec = json.loads(line)
         assert rec["answers"] == es[rec["id"]].answers and rec["prediction"] in es[rec["id"]].context
+
+
+@pytest.mark.slow
+def test_run_qa_xl_two_processes(tmp_path, tiny_model_dir, monkeypatch):
+    """`accelerate launch` with two gloo processes: training runs, and the windows' logits gathered from
+    both ranks come back in order: the predictions equal those of one process with the saved model."""
+    import os
+    import subprocess
+
+    from conftest import free_port
+
+    out = tmp_path / "ddp"
+    data = ("--xquad_dir", str(QA), "--eval_languages", "es", "ru", "--do_predict", *WINDOW)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), str(ROOT / "run_qa_xl.py"), "--model_name_or_path", tiny_model_dir,
+         "--train_file", str(QA / "train.json"), "--do_train", "--per_device_train_batch_size", "4",
+         "--per_device_eval_batch_size", "3", "--output_dir", str(out), *data, *COMMON_FLAGS],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = ["xquad_es", "xquad_es-q_en-c", "xquad_en-q_es-c", "xquad_ru", "xquad_ru-q_en-c", "xquad_en-q_ru-c"]
+    check_outputs(out, {"test": names}, samples=4)
+    single = tmp_path / "single"
+    run_script(monkeypatch, "--model_name_or_path", out, "--output_dir", single, *data)
+    for name in names:
+        def answers(path):
+            return [(r["id"], r["prediction"], r["f1"]) for r in map(json.loads, path.read_text().splitlines())]
+
+        assert answers(out / f"predictions_test_{name}.jsonl") == answers(single / f"predictions_test_{name}.jsonl")
