@@ -97,6 +97,8 @@ def argmap(step):
     ({"tasks": {"pos": {}}}, "tasks.pos: not a known task"),
     ({"tasks": {"xsr": {}}}, "evaluation-only task has no continual regime"),
     ({"executor": {"cluster": "lsf"}}, "local, slurm or debug"),
+    ({"tasks": {"nli": {"regime_resources": {"adjusted_cont": {"gpu": 2}}}}},
+     "unknown key(s) gpu in tasks.nli.regime_resources.adjusted_cont"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, change, message):
     cfg = {**base_config(tmp_path), **change}
@@ -355,6 +357,7 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     cfg = base_config(tmp_path, languages=["es"], regimes=["original", "adjusted", "adjusted_cont"])
     cfg["executor"] = {"cluster": "slurm", "slurm": {"account": "xl"}, "setup": ["module load cuda"]}
     cfg["adjust"]["resources"] = {"gpus": 1, "hours": 1.5, "mem_gb": 40, "partition": "gpu"}
+    cfg["tasks"]["nli"]["regime_resources"] = {"adjusted_cont": {"hours": 5}}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert grid_main([str(path)]) == 0
@@ -376,6 +379,7 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     assert sbatch("adjust/es/seed0", "gpus-per-node") == "1" and sbatch("adjust/es/seed0", "time") == "90"
     assert sbatch("adjust/es/seed0", "mem") == "40GB" and sbatch("adjust/es/seed0", "partition") == "gpu"
     assert sbatch("nli/adjusted/es/seed0", "gpus-per-node") == "2" and sbatch("nli/adjusted/es/seed0", "time") == "180"
+    assert sbatch("nli/adjusted_cont/es/seed0", "time") == "300"  # the regime's own limit
     assert sbatch("adjust/es/seed0", "account") == "xl" and "module load cuda" in scripts["adjust/es/seed0"]
     assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == jobs
     assert not list((tmp_path / "results").glob("nli/*/*/seed0/_STARTED.json"))  # nothing ran here
@@ -403,11 +407,15 @@ def test_dry_run_estimate_measured_and_assumed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "# nli/adjusted/es/seed0 [done]" in out and "# nli/adjusted/es/seed1 [to run]" in out
     assert "GPU-hours" in out and not (tmp_path / "results" / "plan.json").exists()  # a dry run writes nothing
+    # --only: the chosen steps and their unfinished dependencies
+    assert grid_main([str(path), "--dry_run", "--only", "nli/adjusted_cont/*/seed1"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^# (\S+)", out, re.M) == ["adjust/es/seed1", "nli/adjusted_cont/es/seed1"]
 
 
 # --- the real thing, small: tiny BERT, 2 seeds, NLI, es, local executor ------------------------------
 
-def grid_yaml(tmp_path, model, results, seeds, alignment_file=None):
+def grid_yaml(tmp_path, model, results, seeds):
     nli = write_nli(tmp_path / "xnli")
     cfg = {"model_name_or_path": model, "results_dir": str(results), "languages": ["es"], "seeds": seeds,
            "regimes": ["original", "adjusted", "adjusted_cont"],
@@ -419,8 +427,6 @@ def grid_yaml(tmp_path, model, results, seeds, alignment_file=None):
                                       "per_device_train_batch_size": 16, "save_strategy": "steps", "save_steps": 2},
                              "resources": {"gpus": 0, "hours": 0.5}}},
            "env": OFFLINE}
-    if alignment_file:
-        cfg["alignment"] = {"files": {"es": str(alignment_file)}}
     path = tmp_path / f"{results.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -439,60 +445,70 @@ def metrics(path, resumed=False):
     return {k: v for k, v in data.items() if not k.endswith(drop)}
 
 
-@pytest.mark.slow
-def test_tiny_grid_end_to_end_kill_and_resume(tmp_path, tiny_model_dir):
-    reference = tmp_path / "reference"
-    config = grid_yaml(tmp_path, tiny_model_dir, reference, 2)
-    proc = run_grid(config)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Summary: 9 ran" in proc.stdout
-    steps = ["adjust/es/seed0", "adjust/es/seed1"] + [f"nli/{r}/{lang}/seed{s}" for r, lang in (
-        ("original", "all"), ("adjusted", "es"), ("adjusted_cont", "es")) for s in (0, 1)]
-    for name in steps:
-        assert (reference / name / SUCCESS).is_file()
-    assert "test_mixed_es_accuracy" in json.loads((reference / "nli/original/es/seed1/all_results.json").read_text())
-
-    t0 = time.time()
-    again = run_grid(config)
-    assert again.returncode == 0 and "Summary: 9 done" in again.stdout and "[run]" not in again.stdout
-    assert time.time() - t0 < 30
-
-    report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(reference)], cwd=ROOT,
-                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-2000:]
-    assert "| Original |" in report.stdout and "| Adj + cont |" in report.stdout
-    assert (reference / "report" / "report.json").is_file()
-
-    # The same grid (seed 0) in another folder, killed while a fine-tuning has written a checkpoint, then
-    # rerun: it resumes from the checkpoint and ends with the uninterrupted run's results. The alignments
-    # are the reference's (eflomal has no seed), given as a precomputed Pharaoh file.
-    killed = tmp_path / "killed"
-    config2 = grid_yaml(tmp_path, tiny_model_dir, killed, [0], reference / "align/es/alignment.pharaoh")
-    proc = subprocess.Popen([sys.executable, "-m", "hf_xladjust.experiments", config2], cwd=ROOT,
+def kill_when_checkpointed(config, target):
+    """Start the grid and SIGKILL it (grid, submitit controller and training alike) once `target` has a
+    complete checkpoint; True if it was killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "hf_xladjust.experiments", config], cwd=ROOT,
                             env={**os.environ, **OFFLINE}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    target = killed / "nli/adjusted/es/seed0"
-    deadline = time.time() + 600
+    deadline, killed = time.time() + 900, False
     try:
         while time.time() < deadline and proc.poll() is None:
             if glob.glob(str(target / "checkpoint-*" / "trainer_state.json")):
-                os.killpg(proc.pid, signal.SIGKILL)  # the grid, the submitit controller and the training
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
                 break
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (target / SUCCESS).exists()
-    proc = run_grid(config2)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "[resumed]  nli/adjusted/es/seed0" in proc.stdout
-    for name in ("adjust/es/seed0", "nli/original/all/seed0", "nli/adjusted/es/seed0", "nli/adjusted_cont/es/seed0"):
-        resumed = json.loads((killed / name / SUCCESS).read_text())["resumed_from"] is not None
-        for result in ("all_results.json", "train_results.json"):
-            if (reference / name / result).exists():
-                assert metrics(killed / name / result, resumed) == metrics(reference / name / result, resumed), name
-        for pred in glob.glob(str(reference / name / "predictions_*.jsonl")):
-            assert Path(pred).read_bytes() == (killed / name / os.path.basename(pred)).read_bytes(), pred
-    assert (killed / "adjust/es/seed0/aligned_pairs.jsonl").read_bytes() == \
-        (reference / "adjust/es/seed0/aligned_pairs.jsonl").read_bytes()
+    return killed
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_kill_and_resume(tmp_path, tiny_model_dir):
+    """One command runs the grid (tiny BERT, 2 seeds, NLI, es, local executor); killed while a fine-tuning
+    has a checkpoint, the same command completes it (resuming that run) and ends with the results of an
+    uninterrupted run; a third call runs nothing; the report prints the table."""
+    results = tmp_path / "results"
+    config = grid_yaml(tmp_path, tiny_model_dir, results, 2)
+    target = results / "nli/adjusted/es/seed0"
+    assert kill_when_checkpointed(config, target)
+    assert not (target / SUCCESS).exists() and (results / "adjust/es/seed1" / SUCCESS).exists()
+    assert not (results / "nli/adjusted_cont/es/seed1" / "_STARTED.json").exists()  # not begun
+
+    proc = run_grid(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[resumed]  nli/adjusted/es/seed0" in proc.stdout and "Summary: 5 done, 3 ran, 1 resumed" in proc.stdout
+    steps = ["align/es", "adjust/es/seed0", "adjust/es/seed1"] + [
+        f"nli/{r}/{lang}/seed{s}" for r, lang in (("original", "all"), ("adjusted", "es"), ("adjusted_cont", "es"))
+        for s in (0, 1)]
+    for name in steps:
+        assert (results / name / SUCCESS).is_file()
+    assert "test_mixed_es_accuracy" in json.loads((results / "nli/original/es/seed1/all_results.json").read_text())
+
+    t0 = time.time()
+    again = run_grid(config)
+    assert again.returncode == 0 and "Summary: 9 done" in again.stdout and "[run]" not in again.stdout
+    assert time.time() - t0 < 30
+
+    report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(results)], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "| Original |" in report.stdout and "| Adj + cont |" in report.stdout
+    assert (results / "report" / "report.json").is_file()
+
+    # The killed and resumed run against the same step run again from scratch, uninterrupted.
+    resumed = {name: (target / name).read_bytes() for name in os.listdir(target)
+               if name.startswith("predictions_") or name in ("all_results.json", "model.safetensors")}
+    proc = run_grid(config, "--rerun", "nli/adjusted/es/seed0")
+    assert proc.returncode == 0 and re.findall(r"\[ran\]\s+(\S+)", proc.stdout) == ["nli/adjusted/es/seed0"]
+    assert json.loads((target / SUCCESS).read_text())["resumed_from"] is None
+    for name, content in resumed.items():
+        if name == "all_results.json":
+            assert metrics(target / name, resumed=True) == {k: v for k, v in json.loads(content).items()
+                                                            if not k.endswith(("_runtime", "_per_second",
+                                                                               "train_loss"))}
+        else:
+            assert (target / name).read_bytes() == content, name

@@ -85,6 +85,11 @@ class TaskConfig:
     model_from: str = "start"  # evaluation-only tasks: "start" (the regime's start model) or a task's output
     outputs: List[str] = field(default_factory=lambda: ["all_results.json"])
     resources: Resources = field(default_factory=lambda: Resources(gpus=1))
+    # per regime, resources that differ (continual runs take longer): {adjusted_cont: {hours: 12, est_hours: 1}}
+    regime_resources: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def resources_for(self, regime: str) -> Resources:
+        return dataclasses.replace(self.resources, **self.regime_resources.get(regime, {}))
 
 
 # What each known task runs by default; the config's values are merged over these.
@@ -209,9 +214,14 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         if not merged.get("script"):
             raise InputError(f"tasks.{name}: not a known task ({', '.join(KNOWN_TASKS)}); give its 'script'", path)
         cfg.tasks[name] = _build(TaskConfig, merged, path, f"tasks.{name}")
-        for regime in cfg.tasks[name].regime_args:
-            if regime not in REGIMES:
-                raise InputError(f"tasks.{name}.regime_args: unknown regime {regime!r}", path)
+        for key in ("regime_args", "regime_resources"):
+            for regime, value in getattr(cfg.tasks[name], key).items():
+                if regime not in REGIMES:
+                    raise InputError(f"tasks.{name}.{key}: unknown regime {regime!r}", path)
+                if not isinstance(value, dict):
+                    raise InputError(f"tasks.{name}.{key}.{regime}: expected a mapping", path)
+        for regime, value in cfg.tasks[name].regime_resources.items():
+            _build(Resources, value, path, f"tasks.{name}.regime_resources.{regime}")
 
     for lang, spec in parallel.items():
         if isinstance(spec, str):

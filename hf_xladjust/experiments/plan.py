@@ -299,7 +299,7 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                     args.update(seed=seed, output_dir=output_dir)
                     links = ([out(name, regime, x, f"seed{seed}") for x in cfg.languages] if lang == "all" else [])
                     steps.append(Step(name=f"{name}/{regime}/{lang}/seed{seed}", kind="task", output_dir=output_dir,
-                                      script=[task.script], args=to_argv(args), resources=task.resources,
+                                      script=[task.script], args=to_argv(args), resources=task.resources_for(regime),
                                       deps=deps, outputs=list(task.outputs), resume=task.trains, links=links,
                                       task=name, regime=regime, lang=lang, seed=seed, **common))
 
