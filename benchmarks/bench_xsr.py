@@ -6,7 +6,9 @@ batch keeping every hidden state, mean pooling of all layers, cosine scores of a
 for every query at every layer, ranks, metrics and the copy to the host. The floor is one plain
 forward pass over the same sentences, in the same length-sorted batches, reading only the last
 hidden state (no pooling, no scoring): what any use of the encoder on these sentences costs.
-Tokenisation happens once, before timing, for both. Runs alternate and the medians are compared.
+Tokenisation happens once, before timing, for both. Runs alternate and the medians are compared,
+in wall time and in this process's CPU time (steadier on a shared machine; with --threads 1 it is
+the work done).
 
 Default model: a random BERT (--layers 4 --hidden 256, as the other benchmarks) with a WordPiece
 tokenizer trained on the sentences; `--model_name_or_path` measures a real folder instead (e.g.
@@ -59,10 +61,13 @@ def main():
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     if args.tatoeba_dir:
@@ -109,18 +114,20 @@ def main():
 
     def timed(fn):
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn()
-        return time.perf_counter() - start, out
+        return time.perf_counter() - start, time.process_time() - cpu, out
 
     floor(), retrieval()  # warm-up
-    floors, evals, ratios = [], [], []
+    floors, evals, ratios, cpu_floors, cpu_evals = [], [], [], [], []
     for _ in range(args.repeats):
-        f, _ = timed(floor)
-        e, metrics = timed(retrieval)
+        f, cf, _ = timed(floor)
+        e, ce, metrics = timed(retrieval)
         floors.append(f)
         evals.append(e)
         ratios.append(e / f)
+        cpu_floors.append(cf)
+        cpu_evals.append(ce)
     tokens = sum(int(ev.tokenized(tokenizer, model).lengths.sum()) for ev in evaluators)
     padded = sum(int(ids.numel()) for ev in evaluators for _, ids, _, _ in ev.batches(tokenizer, model, device))
     layers = metrics[f"{LANGS[0]}_layers"]
@@ -134,6 +141,8 @@ def main():
     print(f"sentences per second: {2 * len(evaluators) * args.pairs / statistics.median(evals):.0f}")
     print(f"ratio retrieval / floor: {statistics.median(evals) / statistics.median(floors):.3f} (medians); "
           f"per alternating pair {[round(r, 3) for r in ratios]}")
+    print(f"CPU time: floor {statistics.median(cpu_floors):.2f} s, retrieval {statistics.median(cpu_evals):.2f} s, "
+          f"ratio {statistics.median(cpu_evals) / statistics.median(cpu_floors):.3f} (medians)")
     print("best-layer MRR: " + ", ".join(f"{lang} {metrics[f'{lang}_mrr']:.3f} (L{metrics[f'{lang}_best_layer']})"
                                          for lang in LANGS))
 

@@ -222,8 +222,9 @@ def rank_candidates(queries: torch.Tensor, candidates: torch.Tensor, gold: Optio
 
 # ----------------------------------------------------------------------------- embedding
 class _Tokenized:
-    """All sentences (source side, then target side) tokenised once: right-padded id and pooling
-    weight arrays to slice batches from, and the length order that batches follow."""
+    """Sentences tokenised once: right-padded id and pooling-weight arrays to slice batches from
+    (padding is ours, so position 0 is the first token whatever the tokenizer's padding side), and
+    the length order that batches follow."""
 
     def __init__(self, texts: Sequence[str], tokenizer, max_length: int, pooling: str):
         enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length,
