@@ -356,7 +356,13 @@ def test_run_ner_xl_continual(tmp_path, tiny_model_dir, monkeypatch):
     assert json.loads((out / "run_args.json").read_text())["continual"]["align_weight"] == 0.01
     # --eval_strategy epoch: the in-training evaluation scores the labelled subwords of every dev set
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    assert all(any(key in h for h in history) for key in ("eval_es_token_f1", "eval_en_f1"))
+    results = json.loads((out / "all_results.json").read_text())
+    for lang in ("en", "es"):
+        # at the end of training the subword-level scores equal the word-level ones (no word is cut here)
+        last = [h for h in history if f"eval_{lang}_token_f1" in h][-1]
+        assert results[f"eval_{lang}_truncated_words"] == 0
+        for name in ("token_f1", "f1", "precision", "accuracy"):
+            assert last[f"eval_{lang}_{name}"] == pytest.approx(results[f"eval_{lang}_{name}"])
 
 
 def test_run_ner_xl_unknown_tag_exits_with_file_and_line(tmp_path, tiny_model_dir, monkeypatch):
