@@ -334,6 +334,36 @@ def test_local_executor_grid_reruns_only_what_changed(tmp_path, capsys):
     assert "[failed]  adjust/es/seed0" in out and "[blocked] nli/adjusted/es/seed0" in out
 
 
+def test_stopping_the_grid_stops_the_running_step(tmp_path):
+    """`kill <grid pid>` (or Ctrl-C) ends the running step's command as well: no orphan training."""
+    script = tmp_path / "slow.py"
+    script.write_text("import os, sys, time\nout = sys.argv[sys.argv.index('--output_dir') + 1]\n"
+                      "open(os.path.join(out, 'pid'), 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
+    cfg = toy_config(tmp_path, tmp_path / "no-crash")
+    cfg["regimes"] = ["original"]
+    cfg["tasks"]["nli"]["script"] = str(script)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    grid = subprocess.Popen([sys.executable, "-m", "hf_xladjust.experiments", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pid_file = tmp_path / "results" / "nli" / "original" / "all" / "seed0" / "pid"
+    try:
+        deadline = time.time() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        step_pid = int(pid_file.read_text())
+        grid.send_signal(signal.SIGTERM)
+        out, _ = grid.communicate(timeout=60)
+        assert grid.returncode == 130 and "[stopped] nli/original/all/seed0" in out
+        deadline = time.time() + 20
+        while Path(f"/proc/{step_pid}").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{step_pid}").exists()
+    finally:
+        if grid.poll() is None:
+            os.killpg(grid.pid, signal.SIGKILL)
+
+
 # --- Slurm: what is submitted, without a cluster ---------------------------------------------------
 
 FAKE_SBATCH = textwrap.dedent('''\

@@ -5,6 +5,7 @@ Runs (or, with --dry_run, prints) the whole grid of a configuration file; see hf
 import argparse
 import fnmatch
 import os
+import signal
 import sys
 
 from hf_xladjust.errors import InputError
@@ -71,7 +72,16 @@ def main(argv=None) -> int:
 
     plan_path = write_plan(steps, cfg, results_dir)
     print(f"Plan (every command, dependency and fingerprint): {plan_path}")
-    outcome = run_plan(steps, cfg, results_dir, rerun=rerun, wait=args.wait)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill` stops the running step as Ctrl-C does
+    try:
+        outcome = run_plan(steps, cfg, results_dir, rerun=rerun, wait=args.wait)
+    except KeyboardInterrupt:
+        print("Stopped; run the same command again to continue.", flush=True)
+        return 130
     counts = {}
     for state in outcome.values():
         key = state.split()[0]

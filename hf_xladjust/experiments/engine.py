@@ -93,8 +93,13 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
         if local:
             try:
                 result = job.result()
-            except KeyboardInterrupt:
-                job.cancel()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the running step too (it resumes next time)
+                process = getattr(job, "_process", None)
+                if process is not None:
+                    process.kill()
+                else:
+                    job.cancel()
+                log(f"[stopped] {step.name}")
                 raise
             except Exception as e:  # the job's StepFailed comes back as a submitit FailedJobError
                 outcome[step.name] = "failed"
