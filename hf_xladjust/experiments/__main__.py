@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         cfg.executor.cluster = args.cluster
     if args.results_dir:
         cfg.results_dir = args.results_dir
-    steps = build_plan(cfg)
+    steps = all_steps = build_plan(cfg)
     results_dir = os.path.normpath(os.path.join(os.path.abspath(cfg.workdir or os.getcwd()), cfg.results_dir))
     names = [s.name for s in steps]
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         print("\nEstimate\n" + format_estimate(estimate(steps)))
         return 0
 
-    plan_path = write_plan(steps, cfg, results_dir)
+    plan_path = write_plan(all_steps, cfg, results_dir)
     print(f"Plan (every command, dependency and fingerprint): {plan_path}")
 
     def stop(signum, frame):

@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import shutil
 import signal
@@ -79,7 +80,12 @@ def _locked(folder: str):
     import fcntl
 
     with open(os.path.join(folder, LOCK), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:  # some network file systems have no locks: go on without
+            logging.getLogger(__name__).warning("no lock on %s (%s)", folder, e)
+            yield
+            return
         try:
             yield
         finally:
