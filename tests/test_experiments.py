@@ -184,6 +184,13 @@ def test_templates_and_precomputed_alignments(tmp_path):
     assert by["adjust/ru/seed0"]["alignment_file"] == ["ru.pharaoh"]
     assert by["nli/adjusted/ru/seed1"]["run_name"] == ["ru-s1"]
     assert by["nli/adjusted/ru/seed1"]["logging_dir"] == [f"{tmp_path}/results/tb"]
+    cfg = base_config(tmp_path, regimes=["adjusted", "original_cont"])
+    cfg["alignment"] = {"mode": "per_run", "symmetrization": "union"}  # each run aligns its own sample
+    steps = build_plan(parse_config(cfg, "grid.yaml"))
+    assert not [s for s in steps if s.kind == "align"]
+    by = {s.name: argmap(s) for s in steps}
+    assert by["adjust/es/seed1"]["aligner"] == ["eflomal"] and by["adjust/es/seed1"]["symmetrization"] == ["union"]
+    assert by["nli/original_cont/ru/seed0"]["aligner"] == ["eflomal"] and "alignment_file" not in by["adjust/es/seed1"]
     cfg = base_config(tmp_path)
     cfg["tasks"]["nli"]["args"]["run_name"] = "${lang}"  # the original run has no language
     with pytest.raises(InputError, match=r"\$\{lang\} is not defined"):
