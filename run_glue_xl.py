@@ -35,7 +35,6 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     HfArgumentParser,
-    TrainingArguments,
     default_data_collator,
     set_seed,
 )
@@ -51,7 +50,12 @@ from hf_xladjust.tasks.xnli import (
     model_label_ids,
     write_predictions,
 )
-from hf_xladjust.trainers.continual import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
+from hf_xladjust.trainers.continual import (
+    ContinualAlignArguments,
+    ContinualAlignTrainer,
+    FineTuningArguments,
+    continual_kwargs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +122,11 @@ class DataTrainingArguments:
 
 
 @dataclass
-class NLITrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's XNLI fine-tuning: lr 5e-5 decaying linearly to 0 without
-    warm-up, 2 epochs, batch 32, AdamW ε=1e-6 (transformers' AdamW, which its loop used), no clipping."""
+class NLITrainingArguments(FineTuningArguments):
+    """The paper's XNLI fine-tuning: lr 5e-5, 2 epochs (and `FineTuningArguments`' optimiser settings)."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate (paper: 5e-5)."})
-    adam_epsilon: float = field(
-        default=1e-6, metadata={"help": "AdamW ε (the paper's loop: transformers' AdamW, default 1e-6)."}
-    )
-    max_grad_norm: float = field(
-        default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as the paper's loop."}
-    )
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the English data (paper: 2)."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
 
 
 def main():

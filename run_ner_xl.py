@@ -36,7 +36,6 @@ from transformers import (
     EvalPrediction,
     HfArgumentParser,
     PreTrainedTokenizerFast,
-    TrainingArguments,
     default_data_collator,
     set_seed,
 )
@@ -55,7 +54,12 @@ from hf_xladjust.tasks.ner import (
     word_predictions,
     write_predictions,
 )
-from hf_xladjust.trainers.continual import ContinualAlignArguments, ContinualAlignTrainer, continual_kwargs
+from hf_xladjust.trainers.continual import (
+    ContinualAlignArguments,
+    ContinualAlignTrainer,
+    FineTuningArguments,
+    continual_kwargs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,20 +130,11 @@ class DataTrainingArguments:
 
 
 @dataclass
-class NERTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's WikiANN fine-tuning: lr 2e-5 decaying linearly to 0 without
-    warm-up, 3 epochs, batch 32, AdamW ε=1e-6 (transformers' AdamW, which its loop used), no clipping."""
+class NERTrainingArguments(FineTuningArguments):
+    """The paper's WikiANN fine-tuning: lr 2e-5, 3 epochs (and `FineTuningArguments`' optimiser settings)."""
 
     learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate (paper: 2e-5)."})
-    adam_epsilon: float = field(
-        default=1e-6, metadata={"help": "AdamW ε (the paper's loop: transformers' AdamW, default 1e-6)."}
-    )
-    max_grad_norm: float = field(
-        default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as the paper's loop."}
-    )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs over the English data (paper: 3)."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
 
 
 def main():

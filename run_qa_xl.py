@@ -36,7 +36,6 @@ from transformers import (
     EvalPrediction,
     HfArgumentParser,
     PreTrainedTokenizerFast,
-    TrainingArguments,
     default_data_collator,
     set_seed,
 )
@@ -60,7 +59,7 @@ from hf_xladjust.tasks.qa import (
     write_qa_predictions,
     xquad_sets,
 )
-from hf_xladjust.trainers.continual import ContinualAlignArguments, continual_kwargs
+from hf_xladjust.trainers.continual import ContinualAlignArguments, FineTuningArguments, continual_kwargs
 from hf_xladjust.trainers.qa import QuestionAnsweringTrainer
 
 logger = logging.getLogger(__name__)
@@ -143,13 +142,11 @@ class DataTrainingArguments:
 
 
 @dataclass
-class QATrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's SQuAD fine-tuning: lr 3e-5, 2 epochs, batch 32."""
+class QATrainingArguments(FineTuningArguments):
+    """The paper's SQuAD fine-tuning: lr 3e-5, 2 epochs (and `FineTuningArguments`' optimiser settings)."""
 
     learning_rate: float = field(default=3e-5, metadata={"help": "Learning rate (paper: 3e-5)."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over SQuAD (paper: 2)."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
 
 
 def main():

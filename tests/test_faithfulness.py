@@ -360,10 +360,14 @@ def test_every_seed_evaluates_the_same_mixed_set(tmp_path, tiny_model_dir, monke
     assert sides == ["hypothesis"] * 12
 
 
-def test_nli_defaults_follow_the_papers_loop(tmp_path):
-    import run_glue_xl
+@pytest.mark.parametrize("script, cls, lr, epochs", [("run_glue_xl", "NLITrainingArguments", 5e-5, 2),
+                                                      ("run_ner_xl", "NERTrainingArguments", 2e-5, 3),
+                                                      ("run_qa_xl", "QATrainingArguments", 3e-5, 2)])
+def test_fine_tuning_defaults_follow_the_papers_loops(tmp_path, script, cls, lr, epochs):
+    import importlib
 
-    args = run_glue_xl.NLITrainingArguments(output_dir=str(tmp_path))
+    args = getattr(importlib.import_module(script), cls)(output_dir=str(tmp_path))
     assert args.max_grad_norm == 0 and args.adam_epsilon == 1e-6
     assert args.lr_scheduler_type == "linear" and args.get_warmup_steps(100) == 0
+    assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (lr, epochs, 32)
 

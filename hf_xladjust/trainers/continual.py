@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from transformers import AutoConfig, Trainer
+from transformers import AutoConfig, Trainer, TrainingArguments
 
 from hf_xladjust.alignment.anchor import load_anchor_model, resolve_anchor_path
 from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, encoder_of
@@ -55,6 +55,22 @@ from hf_xladjust.trainers.adjust import count_over_processes
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FineTuningArguments(TrainingArguments):
+    """`TrainingArguments` as the paper's fine-tuning loops (XNLI, WikiANN, SQuAD) ran: transformers'
+    `AdamW` (ε=1e-6), linear decay to 0 without warm-up, no gradient clipping, batch 32. Each
+    run_*_xl.py subclasses it with its task's learning rate and epochs."""
+
+    adam_epsilon: float = field(
+        default=1e-6, metadata={"help": "AdamW ε (the paper's loops: transformers' AdamW, default 1e-6)."}
+    )
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as the paper's loops."}
+    )
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
 
 
 @dataclass
