@@ -1,7 +1,7 @@
 """The paper's result tables from a results folder: means over seeds with significance marks.
 
     python -m hf_xladjust.report RESULTS_DIR [--tasks nli ner qa xsr] [--languages es ru vi hi] \\
-        [--seeds 0 1 2] [--split test] [--output_dir DIR] [--report_to wandb]
+        [--seeds 0 1 2] [--split test] [--ner_metric token|entity] [--output_dir DIR] [--report_to wandb]
 
 Reads the per-example prediction files that the run_*.py scripts write, in the folders of the
 experiment grid: `RESULTS/{task}/{regime}/{lang}/seed{n}/predictions_{split}_{set}.jsonl` (retrieval:
@@ -21,8 +21,11 @@ p < 0.05:
 * xsr: MRR at the best layer, shown as `(Lk)`: one layer per model state (regime, language, set), the
   one with the highest MRR averaged over seeds; paired t-test on per-query reciprocal ranks at that
   layer averaged over seeds; acc@1 at that layer in the JSON;
-* ner: token-level micro F1; paired permutation test over the concatenated sentences of all seeds
-  (seed s of one regime paired with seed s of the other), re-scoring F1 on each permutation.
+* ner: F1, `--ner_metric token` (default) the token-level micro F1 of the paper's text (every tag
+  but `O` a class), `entity` seqeval's entity-level F1 (default mode, exact spans; what the paper's
+  released code printed); paired permutation test over the concatenated sentences of all seeds (seed s
+  of one regime paired with seed s of the other), re-scoring that F1 from per-sentence (tp, fp, fn) on
+  each permutation. The table's note and report.json name the measure.
 
 Unlabelled sets (QA files with null scores, NER files with null gold tags) are left out with a warning.
 
@@ -38,12 +41,13 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.evaluation.tagging import counts as token_counts
+from hf_xladjust.evaluation.tagging import LEVELS as NER_METRICS
+from hf_xladjust.evaluation.tagging import sentence_counts
 from hf_xladjust.files import atomic_write, write_json
 from hf_xladjust.statistics import (
     ALPHA,
@@ -65,14 +69,18 @@ ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_cont": "
               "original_cont": "Orig + cont"}
 # Which regimes each row is tested against: `*` vs Original, `**` vs Adjusted.
 BASELINES = ("original", "adjusted")
-TITLES = {"nli": "NLI: accuracy", "ner": "NER: token-level F1", "qa": "QA: F1 / EM",
+TITLES = {"nli": "NLI: accuracy", "ner": "NER: {ner_metric}-level F1", "qa": "QA: F1 / EM",
           "xsr": "XSR: MRR at the best layer (Lk)"}
+# What `--ner_metric` scores; named in the NER table's note and in report.json.
+NER_MEASURES = {
+    "token": "token-level micro F1 (every tag but O a class, B-X and I-X apart; the paper's text)",
+    "entity": "entity-level micro F1 (seqeval default mode, exact spans of the right type; the paper's code)"}
 # Metrics shown in a cell, in order; the JSON has these and the extra ones.
 SHOWN = {"nli": ("accuracy",), "ner": ("f1",), "qa": ("f1", "em"), "xsr": ("mrr",)}
 TESTS = {"nli": "paired t-test on per-example correctness averaged over seeds",
          "qa": "paired t-tests on per-question F1 and EM averaged over seeds",
          "xsr": "paired t-test on per-query reciprocal rank (at each state's best layer) averaged over seeds",
-         "ner": "paired permutation test over the sentences of all seeds, re-scoring F1"}
+         "ner": "paired permutation test over the sentences of all seeds, re-scoring {ner_metric}-level F1"}
 DEFAULT_LANGUAGES = ("es", "ru", "vi", "hi")
 # Language codes (XTREME's 40) used to tell an English-only set from one about another language.
 LANGUAGE_CODES = frozenset(
@@ -110,14 +118,16 @@ def _field(record: dict, name: str, path: str, line: int):
     return record[name]
 
 
-def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None) -> Predictions:
+def read_predictions(path: str, task: str, ner_metric: str = "token") -> Predictions:
     """Read a `predictions_*.jsonl` file of `task`: nli `correct`; qa `f1`, `em` (in [0, 1]; a file
     whose questions all have null scores, or NER sentences null gold tags, is an unlabelled set:
-    `UnscoredSet`); xsr `ranks` (1-based,
-    one per layer); ner `gold`, `pred` (turned into per-sentence tp/fp/fn counts of token-level micro
-    F1, `hf_xladjust.evaluation.tagging.counts`: every tag but `O` is a class)."""
-    counts_fn = counts_fn or token_counts
+    `UnscoredSet`); xsr `ranks` (1-based, one per layer); ner `gold`, `pred`, turned into per-sentence
+    (tp, fp, fn) of `ner_metric`-level micro F1 (`hf_xladjust.evaluation.tagging.sentence_counts`, all
+    sentences of the file at once)."""
+    if ner_metric not in NER_METRICS:
+        raise ValueError(f"ner_metric must be one of {NER_METRICS}, got {ner_metric!r}")
     ids, rows, seen = [], [], set()
+    golds, preds = [], []
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
@@ -163,11 +173,14 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
             elif task == "ner":
                 gold, pred = _field(record, "gold", path, line_no), _field(record, "pred", path, line_no)
                 if gold is None:  # an unlabelled set: predictions without gold tags
-                    rows.append((-1, -1, -1))
+                    rows.append(False)
                     continue
-                if not isinstance(gold, list) or not isinstance(pred, list) or len(gold) != len(pred):
-                    raise InputError("'gold' and 'pred' must be tag lists of one length", path, line_no)
-                rows.append(tuple(counts_fn(gold, pred)))
+                if (not isinstance(gold, list) or not isinstance(pred, list) or len(gold) != len(pred)
+                        or not all(isinstance(t, str) for t in gold) or not all(isinstance(t, str) for t in pred)):
+                    raise InputError("'gold' and 'pred' must be lists of string tags of one length", path, line_no)
+                rows.append(True)
+                golds.append(gold)
+                preds.append(pred)
             else:
                 raise ValueError(f"unknown task {task!r}")
     if not ids:
@@ -187,14 +200,13 @@ def read_predictions(path: str, task: str, counts_fn: Optional[Callable] = None)
     elif task == "xsr":
         values = {"ranks": np.asarray(rows, dtype=np.int64)}
     else:
-        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-        unscored = arr[:, 0] < 0
+        unscored = ~np.asarray(rows, dtype=bool)
         if unscored.all():
             raise UnscoredSet(path)
         if unscored.any():
-            raise InputError(f"{int(unscored.sum())} of {len(arr)} sentences have no gold tags (null), the "
+            raise InputError(f"{int(unscored.sum())} of {len(rows)} sentences have no gold tags (null), the "
                              f"others have: a set is either labelled or not", path)
-        values = {"counts": arr}
+        values = {"counts": sentence_counts(golds, preds, ner_metric)}
     return Predictions(path, np.asarray(ids), values)
 
 
@@ -331,15 +343,16 @@ def _example_values(task: str, preds: Predictions, layer: Optional[int] = None) 
 
 def column_statistics(task: str, files: Dict[str, Dict[int, str]], alpha: float = ALPHA,
                       n_resamples: int = N_RESAMPLES, permutation_seed: int = 0,
-                      counts_fn: Optional[Callable] = None) -> Dict[str, dict]:
+                      ner_metric: str = "token") -> Dict[str, dict]:
     """Every regime's means, standard deviations, per-seed values and p-values (vs Original and
-    vs Adjusted) for one column. Examples are paired by id across every file of the column."""
+    vs Adjusted) for one column. Examples are paired by id across every file of the column. NER F1 is
+    `ner_metric`-level (token or entity)."""
     loaded: Dict[str, Dict[int, Predictions]] = {}
     reference = None
     for regime, by_seed in files.items():
         loaded[regime] = {}
         for seed in sorted(by_seed):
-            preds = read_predictions(by_seed[seed], task, counts_fn)
+            preds = read_predictions(by_seed[seed], task, ner_metric)
             if reference is None:
                 reference = preds
             else:
@@ -481,6 +494,10 @@ class ReportArguments:
     alpha: float = field(default=ALPHA, metadata={"help": "Significance level of the marks."})
     n_resamples: int = field(default=N_RESAMPLES, metadata={"help": "Permutations of the NER test."})
     permutation_seed: int = field(default=0, metadata={"help": "Seed of the NER permutation test."})
+    ner_metric: str = field(default="token", metadata={
+        "help": "NER F1 of the table and its permutation test: `token` (token-level micro F1, every tag but O a "
+                "class: the paper's text) or `entity` (seqeval's entity-level F1: the paper's released code).",
+        "choices": list(NER_METRICS)})
     digits: int = field(default=1, metadata={"help": "Decimals of the percentages in the tables."})
     report_to: Optional[List[str]] = field(default=None, metadata={"help": "'wandb' also logs every table as a "
                                                                            "W&B Table (offline mode works)."})
@@ -490,6 +507,8 @@ class ReportArguments:
         unknown = sorted(set(self.tasks or ()) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+        if self.ner_metric not in NER_METRICS:
+            raise ValueError(f"--ner_metric must be one of {list(NER_METRICS)}, got {self.ner_metric!r}")
         self.split_of(TASKS[0])  # checks the --split entries
         unknown = sorted(set(self.report_to or ()) - {"wandb", "none"})
         if unknown:
@@ -517,10 +536,9 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
     tasks = args.tasks or [t for t in TASKS if os.path.isdir(os.path.join(results_dir, t))]
     if not tasks:
         raise InputError(f"no task folder ({', '.join(TASKS)}) in the results folder", results_dir)
-    counts_fn = token_counts
     report = {"settings": {"results_dir": os.path.abspath(results_dir), **asdict(args),
                            "std": "over seeds, ddof=1", "metric_scale": "fractions (tables show x100)",
-                           "ner_counts": f"{counts_fn.__module__}.{counts_fn.__name__}"},
+                           "ner_measure": NER_MEASURES[args.ner_metric]},
               "tasks": {}}
     for task in tasks:
         if not os.path.isdir(os.path.join(results_dir, task)):
@@ -535,17 +553,21 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
         for col, files in found.items():
             try:
                 columns[col] = column_statistics(task, files, args.alpha, args.n_resamples, args.permutation_seed,
-                                                 counts_fn)
+                                                 args.ner_metric)
             except UnscoredSet as e:
                 logger.warning("%s: an unlabelled set (no scores), column %s left out", e.path, col.label)
         if not columns:
             continue
         header, rows = task_table(task, columns, args.digits)
-        note = (f"Split {split}; mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from Original, "
-                f"`**` from Adjusted (p < {args.alpha:g}; {TESTS[task]}).")
+        measure = f"{NER_MEASURES[args.ner_metric]}; " if task == "ner" else ""
+        test = TESTS[task].format(ner_metric=args.ner_metric)
+        note = (f"Split {split}; {measure}mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from "
+                f"Original, `**` from Adjusted (p < {args.alpha:g}; {test}).")
         p_header, p_rows = p_value_table(task, columns)
         report["tasks"][task] = {
-            "title": TITLES[task], "split": split, "note": note, "header": header, "rows": rows,
+            "title": TITLES[task].format(ner_metric=args.ner_metric), "split": split, "note": note,
+            "header": header, "rows": rows,
+            **({"measure": NER_MEASURES[args.ner_metric], "ner_metric": args.ner_metric} if task == "ner" else {}),
             "markdown": to_markdown(header, rows), "csv": to_csv(header, rows),
             "p_values_markdown": to_markdown(p_header, p_rows) if p_rows else "",
             "columns": [{"label": col.label, "lang": col.lang, "set": col.set_name, "english": col.english,

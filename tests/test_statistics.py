@@ -1,5 +1,6 @@
-"""Significance tests: the t-test against scipy and the t formula, the NER permutation test against
-brute-force enumeration of every swap, token F1 counts and the marks rule."""
+"""Significance tests: the t-test against the t formula, the NER permutation test against brute-force
+enumeration of every swap, per-sentence token and entity (tp, fp, fn) counts (vectorised over sentences,
+summing to seqeval's entity-level scores) and the marks rule."""
 import itertools
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from scipy import stats
 
 from hf_xladjust.evaluation.tagging import counts as token_counts
+from hf_xladjust.evaluation.tagging import entity_counts, sentence_counts
 from hf_xladjust.statistics import (
     best_layer,
     f1_from_counts,
@@ -17,15 +19,17 @@ from hf_xladjust.statistics import (
 )
 
 
-def test_paired_ttest_agrees_with_scipy_and_the_t_formula():
+def test_paired_ttest_agrees_with_the_t_formula():
     rng = np.random.default_rng(0)
     a = rng.random(30)
     b = a + rng.normal(0.05, 0.1, 30)
     p = paired_ttest(a, b)
-    assert p == stats.ttest_rel(a, b).pvalue
+    # Independently: t = mean(d) / (sd(d) / sqrt(n)) with n - 1 degrees of freedom, two-sided.
     d = a - b
     t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    assert t < -2  # a real difference, so the p-value below is not a trivial 1.0 or 0.0
     assert p == pytest.approx(2 * stats.t.sf(abs(t), len(d) - 1), rel=1e-10)
+    assert 0 < p < 0.05
     assert paired_ttest(b, a) == pytest.approx(p)  # two-sided
     # Identical systems: no evidence of a difference (scipy alone would say NaN); too few pairs: no test.
     assert paired_ttest([1, 0, 1], [1, 0, 1]) == 1.0
@@ -132,3 +136,62 @@ def test_best_layer_and_std():
     assert best_layer([[0.3, 0.5, 0.5]]) == 1  # a tie goes to the lower layer
     assert sample_std([0.5, 0.7]) == pytest.approx(np.sqrt(0.02))
     assert sample_std([0.5]) is None
+
+
+def _random_sentences(rng, n, max_len=7, noise=0.4):
+    tags = ["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-ORG"]
+    gold = [rng.choice(tags, size=int(rng.integers(0, max_len + 1))).tolist() for _ in range(n)]
+    pred = [[t if rng.random() > noise else str(rng.choice(tags)) for t in g] for g in gold]
+    return gold, pred
+
+
+def test_vectorised_counts_equal_per_sentence_counts_with_empty_sentences():
+    rng = np.random.default_rng(5)
+    gold, pred = _random_sentences(rng, 300)
+    # Empty sentences everywhere reduceat could trip over: first, last, and several in a row.
+    gold = [[], *gold[:100], [], [], [], *gold[100:], []]
+    pred = [[], *pred[:100], [], [], [], *pred[100:], []]
+    assert sum(len(g) == 0 for g in gold) > 5
+    for level, one in (("token", token_counts), ("entity", entity_counts)):
+        got = sentence_counts(gold, pred, level)
+        assert got.dtype == np.int64 and got.shape == (len(gold), 3)
+        np.testing.assert_array_equal(got, np.array([one(g, p) for g, p in zip(gold, pred)]))
+        assert got.sum() > 0 and not got[0].any() and not got[-1].any()
+    # Edge cases: no sentences, only empty sentences, and refusals of unequal lengths.
+    for level in ("token", "entity"):
+        assert sentence_counts([], [], level).shape == (0, 3)
+        np.testing.assert_array_equal(sentence_counts([[], []], [[], []], level), np.zeros((2, 3)))
+        with pytest.raises(ValueError, match="sentence 1"):
+            sentence_counts([["O"], ["O", "B-PER"]], [["O"], ["O"]], level)
+    with pytest.raises(ValueError, match="level"):
+        sentence_counts([["O"]], [["O"]], "span")
+
+
+def test_entity_counts_per_sentence_sum_to_seqeval():
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"],      # PER(0-1), LOC(3)
+            ["I-PER", "O", "B-ORG", "I-ORG"],      # a stray I- opens PER(0); ORG(2-3)
+            ["O", "O"],
+            ["B-LOC", "B-LOC"]]                    # two LOC entities
+    pred = [["B-PER", "O", "O", "B-LOC"],          # PER(0-0) wrong span, LOC right
+            ["I-PER", "O", "B-ORG", "I-ORG"],      # both right
+            ["B-PER", "O"],                        # spurious
+            ["B-LOC", "I-LOC"]]                    # one LOC(0-1): wrong span for both
+    by_sentence = [entity_counts(g, p) for g, p in zip(gold, pred)]
+    # By hand: (tp, fp, fn) = (1, 1, 1), (2, 0, 0), (0, 1, 0), (0, 1, 2)
+    assert by_sentence == [(1, 1, 1), (2, 0, 0), (0, 1, 0), (0, 1, 2)]
+    np.testing.assert_array_equal(sentence_counts(gold, pred, "entity"), by_sentence)
+    tp, fp, fn = np.sum(by_sentence, axis=0)
+    assert (tp, fp, fn) == (3, 3, 3)
+    assert precision_score(gold, pred) == pytest.approx(tp / (tp + fp))
+    assert recall_score(gold, pred) == pytest.approx(tp / (tp + fn))
+    assert f1_score(gold, pred) == pytest.approx(f1_from_counts(tp, fp, fn)) == pytest.approx(0.5)
+    # seqeval keeps the sentences of a list apart: a PER ending one sentence and an I-PER starting the next
+    # are two gold entities (PER found in sentence 0, missed in sentence 1), as the per-sentence counts say.
+    # Joined into one sentence they would be a single PER(1-2), missed, and the sums would not match.
+    g2, p2 = [["O", "B-PER"], ["I-PER", "O"]], [["O", "B-PER"], ["O", "O"]]
+    counts2 = sentence_counts(g2, p2, "entity")
+    np.testing.assert_array_equal(counts2, [[1, 0, 0], [0, 0, 1]])
+    assert f1_score(g2, p2) == pytest.approx(f1_from_counts(*counts2.sum(0))) == pytest.approx(2 / 3)
+    assert f1_score([g2[0] + g2[1]], [p2[0] + p2[1]]) == 0.0

@@ -18,6 +18,7 @@ Entity-level precision/recall/F1 are those of `seqeval.metrics` in its default (
 mode, as XTREME's `run_tag.py` and the HF token-classification example compute them: an entity is a
 maximal B-/I- span of one type (a stray `I-X` opens one), and only exact spans of the right type count.
 """
+import itertools
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -96,3 +97,80 @@ def tagging_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
     f1/precision/recall (seqeval entity level) and accuracy (all words, `O` included)."""
     return {**token_scores(gold, pred), **entity_scores(gold, pred, per_type)}
 
+
+
+# ----------------------------------------------------------------------------- per-sentence counts, many at once
+LEVELS = ("token", "entity")
+
+
+def entity_counts(gold_tags: Sequence[str], pred_tags: Sequence[str]) -> Tuple[int, int, int]:
+    """(tp, fp, fn) of one sentence for seqeval's entity-level micro F1: tp = predicted entities
+    (type, start, end) that are gold entities, fp = the other predicted ones, fn = the missed gold ones.
+    seqeval scores a list of sentences as if they were joined with an `O` between them, so no entity
+    crosses a sentence boundary and the counts of several sentences add up to seqeval's."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    if len(gold_tags) != len(pred_tags):
+        raise ValueError(f"{len(gold_tags)} gold tags but {len(pred_tags)} predicted tags")
+    gold, pred = set(get_entities(list(gold_tags))), set(get_entities(list(pred_tags)))
+    tp = len(gold & pred)
+    return tp, len(pred) - tp, len(gold) - tp
+
+
+def _lengths(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> np.ndarray:
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted ones")
+    lengths = np.fromiter(map(len, gold), dtype=np.int64, count=len(gold))
+    pred_lengths = np.fromiter(map(len, pred), dtype=np.int64, count=len(pred))
+    bad = np.flatnonzero(lengths != pred_lengths)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"sentence {i}: {lengths[i]} gold tags but {pred_lengths[i]} predicted tags")
+    return lengths
+
+
+def _sum_by_sentence(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per-sentence sums of the rows of `values` (the sentences' tags laid end to end). reduceat would
+    give an empty sentence the next tag's value, so it runs over the non-empty sentences only: their
+    starts increase strictly and each slice ends where the next non-empty sentence starts."""
+    out = np.zeros((len(lengths),) + values.shape[1:], dtype=np.int64)
+    nonempty = lengths > 0
+    if nonempty.any():
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        out[nonempty] = np.add.reduceat(values, starts[nonempty], axis=0)
+    return out
+
+
+def sentence_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], level: str = "token",
+                    outside: str = OUTSIDE) -> np.ndarray:
+    """(sentences, 3) int64 array of per-sentence (tp, fp, fn): `level="token"` those of `counts`,
+    `"entity"` those of `entity_counts`, for many sentences at once.
+
+    Token level compares all tags in one array operation and sums them per sentence. Entity level
+    extracts the entities of all sentences in one call of seqeval's `get_entities` per side (on the
+    sentences as seqeval joins them, an `O` between two), matches them as one set and counts them per
+    sentence with `bincount`; the extraction itself is seqeval's Python loop over the tags, one pass."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    lengths = _lengths(gold, pred)
+    if level == "token":
+        flat = [np.asarray(list(itertools.chain.from_iterable(side)), dtype=str) for side in (gold, pred)]
+        g, p = flat
+        same = g == p
+        hits = np.stack([same & (g != outside), ~same & (p != outside), ~same & (g != outside)], axis=1)
+        return _sum_by_sentence(hits.astype(np.int64), lengths)
+
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    # Where each sentence starts in seqeval's joined sequence (one separator `O` after every sentence).
+    joined_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    entities = [set(get_entities([list(s) for s in side])) for side in (gold, pred)]
+    tp_set = entities[0] & entities[1]
+
+    def per_sentence(found) -> np.ndarray:
+        starts = np.fromiter((start for _, start, _ in found), dtype=np.int64, count=len(found))
+        sentence = np.searchsorted(joined_starts, starts, side="right") - 1
+        return np.bincount(sentence, minlength=len(lengths)).astype(np.int64)
+
+    tp, n_gold, n_pred = per_sentence(tp_set), per_sentence(entities[0]), per_sentence(entities[1])
+    return np.stack([tp, n_pred - tp, n_gold - tp], axis=1)
