@@ -1,9 +1,13 @@
-"""Writing result files so that a crash never leaves a half-written file that looks complete."""
+"""Reading input lines so that bad bytes name their file and line; writing result files so that a crash
+never leaves a half-written file that looks complete."""
 import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, List, Tuple
+
+from hf_xladjust.errors import InputError
 
 
 @contextlib.contextmanager
@@ -36,3 +40,42 @@ def write_jsonl(path: str, records: Iterable[Any]) -> None:
     with atomic_write(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_lines(path: str) -> List[bytes]:
+    """The lines of a file as bytes, without the trailing ``\\n`` or ``\\r\\n``.
+
+    Split on the newline byte only (never on the other line breaks `str.splitlines` knows, which can
+    occur inside a sentence). A final line without a newline counts; the empty piece after a final
+    newline does not.
+    """
+    data = Path(path).read_bytes()
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def decode_line(raw: bytes, path: str, line_no: int, encoding: str = "utf-8") -> str:
+    """Decode one line; an undecodable byte raises InputError naming the file and line. A byte-order
+    mark at the start of line 1 is dropped (it is not part of the first word)."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise InputError(f"not valid {encoding.upper()}: byte {raw[e.start:e.start + 1]!r} at byte {e.start + 1} "
+                         f"of the line ({e.reason}; decoding as {encoding})", path, line_no) from None
+    return text.lstrip("\ufeff") if line_no == 1 else text
+
+
+def read_text_lines(path: str, encoding: str = "utf-8") -> List[Tuple[int, str]]:
+    """`(line number, text)` for every line of a text file, numbered from 1, without the line break
+    (also a stray ``\\r`` before it). A file that cannot be opened or an undecodable line raises
+    InputError naming the file (and line)."""
+    try:
+        lines = read_lines(path)
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
+    return [(line_no, decode_line(raw, path, line_no, encoding).rstrip("\r"))
+            for line_no, raw in enumerate(lines, 1)]

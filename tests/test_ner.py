@@ -241,7 +241,7 @@ def test_model_label_ids():
     assert model_label_ids(tagger, LABELS, "t") == {name: i for i, name in enumerate(order)}
     conll = BertConfig(id2label=dict(enumerate(LABELS + ("B-MISC", "I-MISC"))),
                        architectures=["BertForTokenClassification"])
-    with pytest.raises(InputError, match="differ from the data's .*: not in the data: B-MISC, I-MISC") as err:
+    with pytest.raises(InputError, match="do not match the data's .*: not in the data: B-MISC, I-MISC") as err:
         model_label_ids(conll, LABELS, "conll-model")
     assert err.value.path == "conll-model"
     with pytest.raises(InputError, match="head has 2 labels"):
@@ -385,7 +385,7 @@ def test_run_ner_xl_checkpoint_with_other_labels(tmp_path, tiny_model_dir, monke
     model = AutoModelForTokenClassification.from_pretrained(
         tiny_model_dir, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     model.save_pretrained(tmp_path / "misc")
-    with pytest.raises(InputError, match="differ from the data's") as err:
+    with pytest.raises(InputError, match="do not match the data's") as err:
         run_script(monkeypatch, "--model_name_or_path", tmp_path / "misc", "--tokenizer_name", tiny_model_dir,
                    "--validation_file_pattern", NER / "dev-{lang}.tsv", "--eval_languages", "es", "--do_eval",
                    "--output_dir", tmp_path / "out")

@@ -5,6 +5,7 @@ from conftest import FIXTURES, fixture_lines
 
 from hf_xladjust.alignment.parallel import ParallelCorpus, read_parallel, sample_corpus
 from hf_xladjust.errors import InputError
+from hf_xladjust.files import read_text_lines
 from hf_xladjust.sampling import subsample_indices
 
 
@@ -53,6 +54,22 @@ def test_crlf_bom_whitespace_and_last_line_without_newline(tmp_path):
     assert c.tgt == [["el", "gato"], ["duerme", "aqu\u00ed"], ["fin"]]
     j = read_parallel(train_file=write(tmp_path / "j.txt", "the cat ||| el gato\r\nend|x ||| fin\r\n"))
     assert j.src == [["the", "cat"], ["end|x"]] and j.tgt == [["el", "gato"], ["fin"]]
+
+
+def test_read_text_lines_shared_by_the_tsv_readers(tmp_path):
+    """The line handling every reader shares: split on the newline byte only (U+2028 and a lone CR inside
+    a line stay), CRLF and stray CRs before the newline dropped, the BOM dropped from line 1 only,
+    numbering from 1, a last line without a newline kept."""
+    path = write(tmp_path / "x.tsv", "\ufeffa\tb\r\n\ufeffc\u2028d\re\r\r\n\nlast")
+    assert read_text_lines(path) == [(1, "a\tb"), (2, "\ufeffc\u2028d\re"), (3, ""), (4, "last")]
+    assert read_text_lines(write(tmp_path / "empty.txt", "")) == []
+    bad = write(tmp_path / "bad.txt", b"ok\nca\xf1a\n")
+    err = raises_at(bad, 2, read_text_lines, bad)
+    assert "UTF-8" in str(err) and "\\xf1" in str(err) and "byte 3 of the line" in str(err)
+    assert read_text_lines(bad, encoding="latin-1")[1] == (2, "ca\u00f1a")
+    with pytest.raises(InputError, match="cannot read") as info:
+        read_text_lines(str(tmp_path / "absent.txt"))
+    assert info.value.path == str(tmp_path / "absent.txt")
 
 
 def test_unequal_line_counts_name_both_files_counts_and_line(tmp_path):

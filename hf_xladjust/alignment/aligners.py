@@ -30,9 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from hf_xladjust.alignment.parallel import decode_line, read_lines
 from hf_xladjust.errors import InputError
-from hf_xladjust.files import atomic_write
+from hf_xladjust.files import atomic_write, decode_line, read_lines
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from hf_xladjust.errors import InputError
+from hf_xladjust.files import decode_line, read_lines
 from hf_xladjust.sampling import subsample_indices
 
 logger = logging.getLogger(__name__)
@@ -51,32 +51,6 @@ class ParallelCorpus:
                               line_numbers=[self.line_numbers[i] for i in indices],
                               source_path=self.source_path, target_path=self.target_path,
                               skipped=dict(self.skipped))
-
-
-def read_lines(path: str) -> List[bytes]:
-    """The lines of a file as bytes, without the trailing ``\\n`` or ``\\r\\n``.
-
-    A final line without a newline counts; the empty piece after a final newline does not.
-    """
-    data = Path(path).read_bytes()
-    if not data:
-        return []
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-def decode_line(raw: bytes, path: str, line_no: int, encoding: str = "utf-8") -> str:
-    """Decode one line; an undecodable byte raises InputError naming the file and line."""
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise InputError(f"cannot decode the line as {encoding}: byte {raw[e.start:e.start + 1]!r} "
-                         f"at byte {e.start + 1} of the line ({e.reason})", path, line_no) from None
-    if line_no == 1 and text.startswith("\ufeff"):  # a byte-order mark is not part of the first word
-        text = text[1:]
-    return text
 
 
 def _check_encoding(encoding: str) -> None:

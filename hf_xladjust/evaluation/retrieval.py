@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_xladjust.alignment.loss import encoder_of
-from hf_xladjust.alignment.parallel import decode_line, read_lines
 from hf_xladjust.errors import InputError
+from hf_xladjust.files import decode_line, read_lines
 
 logger = logging.getLogger(__name__)
 

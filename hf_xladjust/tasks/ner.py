@@ -6,7 +6,6 @@ one the tokenizer turns into nothing) gets no logit; it is predicted `O` and cou
 (`truncated_words`, `untokenized_words`), so that scores of models with different tokenizers or
 maximum lengths are computed over the same words.
 """
-import json
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -14,7 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.files import atomic_write
+from hf_xladjust.files import read_text_lines, write_jsonl
+from hf_xladjust.tasks.labels import match_model_labels
 
 # The tags of the Hub's `wikiann` dataset, in its ClassLabel order.
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
@@ -56,44 +56,32 @@ def read_ner_tsv(path: str, label_names: Sequence[str] = LABELS, lang: Optional[
             examples.append(NERExample(len(examples), tokens, tags if labelled else None, first_line))
         tokens, tags, first_line = [], [], None
 
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise InputError(f"cannot read ({e.strerror})", path) from None
-    with f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path, line_no) from None
-            if line_no == 1:
-                text = text.lstrip("\ufeff")
-            text = text.rstrip("\r\n")
-            if not text.strip():
-                close()
-                continue
-            fields = text.split("\t")
-            if len(fields) > 2:
-                raise InputError(f"expected token<TAB>tag (or a token alone), got {len(fields)} fields", path, line_no)
-            has_tag = len(fields) == 2
-            if labelled is None:
-                labelled = has_tag
-            elif has_tag != labelled:
-                raise InputError("a line without a tag in a labelled file" if labelled
-                                 else "a tagged line in a file whose first line has no tag", path, line_no)
-            token = fields[0]
-            if not token.strip():
-                raise InputError("empty token", path, line_no)
-            if has_tag:
-                tag = fields[1].strip()
-                if not tag:
-                    raise InputError("empty tag", path, line_no)
-                if tag not in labels:
-                    raise InputError(f"unknown tag {tag!r}; expected one of {', '.join(label_names)}", path, line_no)
-                tags.append(tag)
-            if first_line is None:
-                first_line = line_no
-            tokens.append(token)
+    for line_no, text in read_text_lines(path):
+        if not text.strip():
+            close()
+            continue
+        fields = text.split("\t")
+        if len(fields) > 2:
+            raise InputError(f"expected token<TAB>tag (or a token alone), got {len(fields)} fields", path, line_no)
+        has_tag = len(fields) == 2
+        if labelled is None:
+            labelled = has_tag
+        elif has_tag != labelled:
+            raise InputError("a line without a tag in a labelled file" if labelled
+                             else "a tagged line in a file whose first line has no tag", path, line_no)
+        token = fields[0]
+        if not token.strip():
+            raise InputError("empty token", path, line_no)
+        if has_tag:
+            tag = fields[1].strip()
+            if not tag:
+                raise InputError("empty tag", path, line_no)
+            if tag not in labels:
+                raise InputError(f"unknown tag {tag!r}; expected one of {', '.join(label_names)}", path, line_no)
+            tags.append(tag)
+        if first_line is None:
+            first_line = line_no
+        tokens.append(token)
     close()
     if not examples:
         raise InputError("no sentences (the file is empty)", path)
@@ -184,24 +172,7 @@ def model_label_ids(config, label_names: Sequence[str] = LABELS, source: Optiona
     order, with `id2label`/`label2id` set so that they are saved with the fine-tuned model. A
     config with names (an already fine-tuned tagger) keeps its own ids, but its set of tags must be
     the data's; otherwise `InputError` naming the model."""
-    names = [str(config.id2label[i]) for i in sorted(config.id2label)]
-    unnamed = all(re.fullmatch(r"LABEL_\d+", n) for n in names)
-    has_head = any(a.endswith("ForTokenClassification") for a in (getattr(config, "architectures", None) or []))
-    if unnamed:
-        if has_head and len(names) != len(label_names):
-            raise InputError(f"the model's token-classification head has {len(names)} labels; the data has "
-                             f"{len(label_names)} ({', '.join(label_names)})", source)
-        config.id2label = dict(enumerate(label_names))
-        config.label2id = {name: i for i, name in enumerate(label_names)}
-        return dict(config.label2id)
-    if set(names) != set(label_names) or len(names) != len(label_names):
-        missing = [n for n in label_names if n not in names]
-        extra = [n for n in names if n not in label_names]
-        detail = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
-                                             f"not in the data: {', '.join(extra)}" if extra else "") if part)
-        raise InputError(f"the model's labels {names} differ from the data's ({', '.join(label_names)})"
-                         + (f": {detail}" if detail else ""), source)
-    return {str(config.id2label[i]): int(i) for i in config.id2label}
+    return match_model_labels(config, tuple(label_names), "TokenClassification", source)
 
 
 def b_to_i_ids(label_to_id: Dict[str, int]) -> Dict[int, int]:
@@ -285,11 +256,12 @@ def write_predictions(path: str, examples: Sequence[NERExample], preds: Sequence
     (tags) and `truncated_words` (how many of its words were cut off and predicted `O`)."""
     if len(preds) != len(examples):
         raise ValueError(f"{len(preds)} predictions for {len(examples)} sentences")
-    with atomic_write(path) as f:
-        for i, (ex, pred) in enumerate(zip(examples, preds)):
-            if len(pred) != len(ex.tokens):
-                raise ValueError(f"sentence {ex.id}: {len(pred)} predicted tags for {len(ex.tokens)} words")
-            record = {"id": ex.id, "tokens": ex.tokens, "gold": ex.tags, "pred": list(pred)}
-            if truncated_words is not None:
-                record["truncated_words"] = int(truncated_words[i])
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records = []
+    for i, (ex, pred) in enumerate(zip(examples, preds)):
+        if len(pred) != len(ex.tokens):
+            raise ValueError(f"sentence {ex.id}: {len(pred)} predicted tags for {len(ex.tokens)} words")
+        record = {"id": ex.id, "tokens": ex.tokens, "gold": ex.tags, "pred": list(pred)}
+        if truncated_words is not None:
+            record["truncated_words"] = int(truncated_words[i])
+        records.append(record)
+    write_jsonl(path, records)

@@ -26,7 +26,7 @@ import numpy as np
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.evaluation.qa_metrics import MLQA_LANGUAGES, qa_scores
-from hf_xladjust.files import atomic_write
+from hf_xladjust.files import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -511,11 +511,12 @@ def write_qa_predictions(path: str, qa_set: QASet, texts: Sequence[str], scores:
     if len(texts) != len(qa_set.examples):
         raise ValueError(f"{len(texts)} predictions for {len(qa_set.examples)} questions")
     per_question = per_question or {}
-    with atomic_write(path) as f:
-        for i, (ex, text) in enumerate(zip(qa_set.examples, texts)):
-            f1, em = per_question.get(ex.id, (None, None))
-            record = {"id": ex.id, "prediction": text, "answers": list(ex.answers) if qa_set.labelled else [],
-                      "f1": f1, "em": em}
-            if scores is not None:
-                record["score"] = float(scores[i]) if np.isfinite(scores[i]) else None
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records = []
+    for i, (ex, text) in enumerate(zip(qa_set.examples, texts)):
+        f1, em = per_question.get(ex.id, (None, None))
+        record = {"id": ex.id, "prediction": text, "answers": list(ex.answers) if qa_set.labelled else [],
+                  "f1": f1, "em": em}
+        if scores is not None:
+            record["score"] = float(scores[i]) if np.isfinite(scores[i]) else None
+        records.append(record)
+    write_jsonl(path, records)
