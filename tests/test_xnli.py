@@ -138,6 +138,13 @@ def test_model_labels():
     unnamed_head = BertConfig(architectures=["BertForSequenceClassification"])
     with pytest.raises(InputError, match="classification head has 2 labels"):
         model_label_ids(unnamed_head, "m")
+    # names are matched case-insensitively, "contradictory" included; a label of its own is refused
+    xnli_mt = BertConfig(id2label={0: "Entailment", 1: "contradictory", 2: "neutral"})
+    assert model_label_ids(xnli_mt, "mt") == [0, 2, 1]
+    four = BertConfig(id2label={0: "entailment", 1: "neutral", 2: "contradiction", 3: "unknown"})
+    with pytest.raises(InputError, match=r"do not match XNLI's \(entailment, neutral, contradiction\): "
+                                         r"not in XNLI: unknown$"):
+        model_label_ids(four, "four")
 
 
 def test_write_predictions(tmp_path):

@@ -9,14 +9,14 @@ later runs can reuse, and kept with each example so that they are written next t
 """
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.files import atomic_write, write_json
+from hf_xladjust.files import read_text_lines, write_json, write_jsonl
+from hf_xladjust.tasks.labels import match_model_labels
 
 LABELS = ("entailment", "neutral", "contradiction")
 LABEL2ID = {label: i for i, label in enumerate(LABELS)}
@@ -60,31 +60,23 @@ def read_xnli_tsv(path: str) -> List[NLIExample]:
     of fields (XTREME's unlabelled test files have two), an empty premise or hypothesis, an unknown
     label, undecodable UTF-8, or a file with no example at all."""
     examples = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path, line_no) from None
-            if line_no == 1:
-                text = text.lstrip("\ufeff")
-            text = text.rstrip("\r\n")
-            fields = text.split("\t")
-            if len(fields) != 3:
-                what = "an empty line" if not text.strip() else f"{len(fields)} field(s)"
-                raise InputError(f"expected 3 tab-separated fields (premise, hypothesis, label), got {what}",
-                                 path, line_no)
-            premise, hypothesis, label = fields
-            if line_no == 1 and label.strip().lower() in _HEADER_LABELS:
-                continue
-            for name, value in (("premise", premise), ("hypothesis", hypothesis), ("label", label)):
-                if not value.strip():
-                    raise InputError(f"empty {name}", path, line_no)
-            gold = label_id(label)
-            if gold is None:
-                raise InputError(f"unknown label {label.strip()!r}; expected one of {', '.join(LABELS)}",
-                                 path, line_no)
-            examples.append(NLIExample(len(examples), premise, hypothesis, gold, line_no))
+    for line_no, text in read_text_lines(path):
+        fields = text.split("\t")
+        if len(fields) != 3:
+            what = "an empty line" if not text.strip() else f"{len(fields)} field(s)"
+            raise InputError(f"expected 3 tab-separated fields (premise, hypothesis, label), got {what}",
+                             path, line_no)
+        premise, hypothesis, label = fields
+        if line_no == 1 and label.strip().lower() in _HEADER_LABELS:
+            continue
+        for name, value in (("premise", premise), ("hypothesis", hypothesis), ("label", label)):
+            if not value.strip():
+                raise InputError(f"empty {name}", path, line_no)
+        gold = label_id(label)
+        if gold is None:
+            raise InputError(f"unknown label {label.strip()!r}; expected one of {', '.join(LABELS)}",
+                             path, line_no)
+        examples.append(NLIExample(len(examples), premise, hypothesis, gold, line_no))
     if not examples:
         raise InputError("no examples (the file is empty)", path)
     return examples
@@ -191,26 +183,13 @@ def model_label_ids(config, source: Optional[str] = None) -> List[int]:
     `id2label`/`label2id` are set so that they are saved with the fine-tuned model. A config with
     names keeps its own order (an existing MNLI/XNLI classifier); a label it lacks, or a head of
     another size, raises `InputError` naming the model."""
-    names = [config.id2label[i] for i in sorted(config.id2label)]
-    unnamed = all(re.fullmatch(r"LABEL_\d+", str(n)) for n in names)
-    has_head = any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
-    if unnamed:
-        if has_head and len(names) != len(LABELS):
-            raise InputError(f"the model's classification head has {len(names)} labels; XNLI needs "
-                             f"{len(LABELS)} ({', '.join(LABELS)})", source)
-        config.id2label = dict(ID2LABEL)
-        config.label2id = dict(LABEL2ID)
-        return list(range(len(LABELS)))
-    model_ids = {}
-    for i, name in config.id2label.items():
-        ours = label_id(str(name))
-        if ours is not None:
-            model_ids[ours] = int(i)
-    missing = [LABELS[i] for i in range(len(LABELS)) if i not in model_ids]
-    if missing or len(names) != len(LABELS):
-        raise InputError(f"the model's labels {names} do not match XNLI's ({', '.join(LABELS)})"
-                         + (f": missing {', '.join(missing)}" if missing else ""), source)
-    return [model_ids[i] for i in range(len(LABELS))]
+    def canonical(name: str) -> Optional[str]:
+        ours = label_id(name)
+        return None if ours is None else LABELS[ours]
+
+    model_ids = match_model_labels(config, LABELS, "SequenceClassification", source, task="XNLI",
+                                   canonical=canonical)
+    return [model_ids[name] for name in LABELS]
 
 
 def accuracy(preds: Sequence[int], golds: Sequence[int]) -> float:
@@ -227,15 +206,15 @@ def write_predictions(path: str, examples: Sequence[NLIExample], preds: Sequence
     `preds` are our label ids. Returns the accuracy."""
     if len(preds) != len(examples):
         raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
-    with atomic_write(path) as f:
-        for i, (ex, pred) in enumerate(zip(examples, preds)):
-            record = {"id": ex.id, "gold": LABELS[ex.label], "pred": LABELS[int(pred)],
-                      "correct": int(pred) == ex.label}
-            if scores is not None:
-                record["score"] = float(scores[i])
-            if isinstance(ex, MixedNLIExample):
-                record["english_side"] = ex.english_side
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records = []
+    for i, (ex, pred) in enumerate(zip(examples, preds)):
+        record = {"id": ex.id, "gold": LABELS[ex.label], "pred": LABELS[int(pred)], "correct": int(pred) == ex.label}
+        if scores is not None:
+            record["score"] = float(scores[i])
+        if isinstance(ex, MixedNLIExample):
+            record["english_side"] = ex.english_side
+        records.append(record)
+    write_jsonl(path, records)
     return accuracy(preds, [ex.label for ex in examples])
 
 
