@@ -70,6 +70,8 @@ def test_squad_max_over_gold_answers():
     ("ar", "في البيت", "في بيت"),                                       # every ال removed
     ("zh", "北京是中国的首都。", "北 京 是 中 国 的 首 都"),                # one token per CJK character
     ("zh", "我爱NLP模型", "我 爱 nlp 模 型"),
+    ("zh", "The 北京, a city", "the 北 京 a city"),                     # zh has no articles: the script returns
+    ("zh", "的", "的"),                                                 # the text unchanged (never "")
     ("en", "$5 or €5", "5 or €5"),                                      # $ is in string.punctuation, € is Sc
 ])
 def test_mlqa_normalize(lang, text, normalised):
