@@ -296,8 +296,13 @@ def main():
                      for ex, t, s in zip(qa_set.examples, texts, scores)]
         return EvalPrediction(predictions=formatted, label_ids=qa_set)
 
+    # The metric step keeps each set's per-question (f1, em), so that its predictions file reuses them
+    # instead of scoring the set a second time.
+    per_question_scores = {}
+
     def compute_metrics(p: EvalPrediction):
-        totals, _ = score_set(p.label_ids, [pred["prediction_text"] for pred in p.predictions])
+        totals, per_question_scores[p.label_ids.name] = score_set(
+            p.label_ids, [pred["prediction_text"] for pred in p.predictions])
         return totals
 
     # Continual mode (Eq. 2): a side batch of aligned sentence pairs at every step, f0 as the anchor
@@ -356,9 +361,9 @@ def main():
             metrics[f"{prefix}_windows"] = len(qa_set.features.dataset)
             if not qa_set.labelled:
                 logger.warning(f"{prefix}: {qa_set.source} has no gold answers; predictions only, no score")
+            per_question = per_question_scores.pop(qa_set.name)  # scored by trainer.predict's compute_metrics
             if trainer.is_world_process_zero():
                 texts = [pred["prediction_text"] for pred in output.predictions]
-                _, per_question = score_set(qa_set, texts)
                 write_qa_predictions(os.path.join(training_args.output_dir, f"predictions_{prefix}.jsonl"), qa_set,
                                      texts, [pred["score"] for pred in output.predictions], per_question)
         trainer.log_metrics(split, metrics)

@@ -34,6 +34,7 @@ from hf_xladjust.tasks.qa import (
     postprocess_qa_predictions,
     prepare_train_features,
     read_squad_json,
+    score_set,
     train_features,
     tydiqa_sets,
     validation_features,
@@ -426,10 +427,16 @@ def test_run_qa_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
         return datasets.Dataset.from_dict(examples_to_columns(read_squad_json(str(QA / "train.json"))[0]))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    import run_qa_xl
+
+    scored = []  # the set is scored once: the predictions file reuses the metric step's per-question scores
+    monkeypatch.setattr(run_qa_xl, "score_set", lambda qa_set, texts: scored.append(qa_set.name)
+                        or score_set(qa_set, texts))
     again = tmp_path / "again"
     run_script(monkeypatch, "--model_name_or_path", out, "--dataset_name", "squad", "--do_eval",
                "--max_eval_samples", "5", "--output_dir", again, *WINDOW)
     check_outputs(again, {"eval": ["en"]}, samples=5)
+    assert scored == ["en"]
     def answers(path):
         return [{k: r[k] for k in ("id", "prediction", "f1", "em")}
                 for r in map(json.loads, path.read_text().splitlines())]
