@@ -5,10 +5,10 @@
   examples (`scipy.stats.ttest_rel`).
 * NER: the example-level predictions of all seeds are concatenated (sentence i of seed s of one
   configuration is paired with sentence i of seed s of the other) and a paired permutation test
-  swaps each pair's predictions between the two systems and re-scores token-level F1
-  (`scipy.stats.permutation_test`, `permutation_type="samples"`, seeded). Token F1 is a function of
-  the summed per-sentence (tp, fp, fn) counts, so a swap exchanges two count vectors and every
-  permutation is re-scored with array operations.
+  swaps each pair's predictions between the two systems and re-scores micro F1
+  (`scipy.stats.permutation_test`, `permutation_type="samples"`, seeded). Token-level and seqeval's
+  entity-level micro F1 are both functions of the summed per-sentence (tp, fp, fn) counts, so a swap
+  exchanges two count vectors and every permutation is re-scored with array operations.
 * Marks as in the paper: `*` differs significantly from Original, `**` from Adjusted (p < 0.05).
 """
 from typing import Optional, Sequence, Tuple

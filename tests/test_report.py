@@ -276,8 +276,77 @@ def test_ner_permutation_test_over_all_seeds(tmp_path):
     assert build_report(str(results), ReportArguments(seeds=[0]))["tasks"]["ner"]["columns"][0]["cells"]
 
 
+def test_ner_entity_level_cell_and_p_value_from_seqeval(tmp_path):
+    """`--ner_metric entity`: the cell is the mean over seeds of seqeval's f1_score, and the p-value that of
+    an exact permutation test that swaps whole sentence predictions and re-scores with seqeval itself."""
+    import itertools
+
+    from seqeval.metrics import f1_score
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "I-ORG"], ["B-LOC", "O"],
+            ["O", "B-PER", "I-PER", "O", "B-LOC", "I-LOC"]]
+    # Original gets the words mostly right but the spans wrong (token F1 high, entity F1 low); Adjusted
+    # gets whole entities right. 2 seeds x 4 sentences: 2**8 = 256 swap patterns, enumerated exactly.
+    preds = {("original", 0): [["B-PER", "O", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O"], ["B-LOC", "O"],
+                               ["O", "B-PER", "B-PER", "O", "B-LOC", "O"]],
+             ("original", 1): [["B-PER", "I-PER", "I-PER", "B-LOC"], ["O", "B-ORG", "O", "I-ORG"], ["O", "O"],
+                               ["O", "B-PER", "I-PER", "I-PER", "B-LOC", "B-LOC"]],
+             ("adjusted", 0): [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "I-ORG"], ["B-LOC", "O"],
+                               ["O", "B-PER", "I-PER", "O", "B-LOC", "I-LOC"]],
+             ("adjusted", 1): [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "I-ORG"], ["B-PER", "O"],
+                               ["O", "B-PER", "I-PER", "O", "B-LOC", "I-LOC"]]}
+    results = tmp_path / "r"
+    for (regime, seed), pred in preds.items():
+        _write_jsonl(results / "ner" / regime / "vi" / f"seed{seed}" / "predictions_test_vi.jsonl",
+                     [{"id": i, "tokens": ["w"] * len(g), "gold": g, "pred": p}
+                      for i, (g, p) in enumerate(zip(gold, pred))])
+    out = tmp_path / "out"
+    assert main([str(results), "--ner_metric", "entity", "--output_dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ner = report["tasks"]["ner"]
+    cells = ner["columns"][0]["cells"]
+
+    mean_f1 = {r: np.mean([f1_score(gold, preds[(r, s)]) for s in (0, 1)]) for r in ("original", "adjusted")}
+    assert mean_f1["original"] < 0.5 < 0.9 < mean_f1["adjusted"]
+    # The exact test, by brute force with seqeval: pairs are (seed, sentence); a swap exchanges the two
+    # systems' predictions of that sentence, and F1 is seqeval's over all 8 (gold, pred) sentences.
+    golds = gold + gold
+    a = preds[("adjusted", 0)] + preds[("adjusted", 1)]
+    b = preds[("original", 0)] + preds[("original", 1)]
+    observed = f1_score(golds, a) - f1_score(golds, b)
+    hits = 0
+    for swap in itertools.product((False, True), repeat=len(a)):
+        xa = [q if s else p for p, q, s in zip(a, b, swap)]
+        xb = [p if s else q for p, q, s in zip(a, b, swap)]
+        hits += abs(f1_score(golds, xa) - f1_score(golds, xb)) >= abs(observed) - 1e-12
+    want_p = hits / 2 ** len(a)
+    m = cells["adjusted"]["metrics"]["f1"]
+    assert m["mean"] == pytest.approx(mean_f1["adjusted"])
+    assert cells["original"]["metrics"]["f1"]["mean"] == pytest.approx(mean_f1["original"])
+    assert m["pooled_f1_difference_vs_original"] == pytest.approx(observed)
+    assert m["p_vs_original"] == pytest.approx(want_p, abs=1e-12)
+    assert want_p == pytest.approx(8 / 256) and m["marks"] == "*"  # 8 of the 256 swap patterns as extreme
+    assert ner["rows"] == [["Original", f"{100 * mean_f1['original']:.1f}"],  # 23.1
+                           ["Adjusted", f"{100 * mean_f1['adjusted']:.1f}*"]]  # 91.7*
+    # The measure is named in the note, the title and the settings.
+    assert ner["ner_metric"] == "entity" and "seqeval" in ner["measure"]
+    assert "entity-level micro F1" in ner["note"] and ner["title"] == "NER: entity-level F1"
+    assert report["settings"]["ner_metric"] == "entity" and "seqeval" in report["settings"]["ner_measure"]
+    assert "entity-level micro F1" in (out / "report.md").read_text()
+    # The default scores the same files at the token level: a different table, named so.
+    token = build_report(str(results), ReportArguments())["tasks"]["ner"]
+    assert token["ner_metric"] == "token" and "token-level micro F1" in token["note"]
+    tp, fp, fn = np.sum([token_counts(g, p) for g, p in zip(gold, preds[("original", 0)])], axis=0)
+    assert token["columns"][0]["cells"]["original"]["metrics"]["f1"]["per_seed"]["0"] == pytest.approx(
+        2 * tp / (2 * tp + fp + fn))
+    assert token["rows"][0][1] != ner["rows"][0][1]
+    with pytest.raises(SystemExit):
+        main([str(results), "--ner_metric", "span"])
+
+
 def test_report_to_wandb_offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # an earlier test's wandb session would keep its own WANDB_DIR
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
