@@ -50,3 +50,30 @@ def test_jsonl_round_trip_and_errors(tmp_path):
     path.write_text(path.read_text() + '{"src": ["a"], "tgt": ["b"], "links": [[0, 3]]}\n')
     with pytest.raises(InputError, match=r"aligned_pairs.jsonl:2: link 0-3 out of range"):
         read_aligned_pairs(str(path))
+
+
+def test_target_lang_en_alone_puts_english_in_src(tmp_path):
+    """`--target_lang en` is enough for the paper's `es ||| en` files: the source is then not English by default."""
+    from transformers import HfArgumentParser
+
+    from hf_xladjust.alignment.pairs import build_aligned_pairs
+
+    (tmp_path / "es-en.txt").write_text("el gato negro ||| the black cat\nla casa ||| the house\n", encoding="utf-8")
+    (tmp_path / "es-en.al").write_text("0-0 1-1 2-2\n0-0 1-1\n", encoding="utf-8")
+    parser = HfArgumentParser(AlignmentDataArguments)
+    (args,) = parser.parse_args_into_dataclasses(["--target_lang", "en", "--aligner", "pharaoh",
+                                                  "--alignment_file", str(tmp_path / "es-en.al")])
+    assert args.source_lang is None and args.english_is_target
+    pairs, stats = build_aligned_pairs(args, train_file=str(tmp_path / "es-en.txt"))
+    assert stats["english_side"] == "target"
+    assert [p.src for p in pairs] == [["the", "black", "cat"], ["the", "house"]]
+    assert pairs[0].tgt == ["el", "gato", "negro"] and pairs[0].links == [(0, 0), (1, 1), (2, 2)]
+
+    # the other defaults are unchanged: English is the source unless said otherwise, explicitly or by the languages
+    assert not AlignmentDataArguments(target_lang="es").english_is_target
+    assert AlignmentDataArguments(target_lang="es", english_side="target").english_is_target
+    assert AlignmentDataArguments(source_lang="es", target_lang="en").english_is_target
+    with pytest.raises(ValueError, match="both 'en'"):
+        AlignmentDataArguments(source_lang="en", target_lang="en")
+    with pytest.raises(ValueError, match="contradicts"):  # an explicit English source is the source
+        AlignmentDataArguments(source_lang="en", target_lang="es", english_side="target")

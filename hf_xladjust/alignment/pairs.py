@@ -24,10 +24,14 @@ Links = List[Tuple[int, int]]
 class AlignmentDataArguments:
     """How a parallel corpus becomes aligned word pairs (shared by run_adjust.py and the continual mode)."""
 
-    source_lang: str = field(
-        default="en", metadata={"help": "Language of the source side (the first file, or left of '|||')."}
+    source_lang: Optional[str] = field(
+        default=None,
+        metadata={"help": "Language of the source side (the first file, or left of '|||'). Default: en, unless "
+                          "--target_lang is en (then the source is the other language)."},
     )
-    target_lang: str = field(default=None, metadata={"help": "Language of the target side (es, ru, vi, hi, ...)."})
+    target_lang: Optional[str] = field(
+        default=None, metadata={"help": "Language of the target side (es, ru, vi, hi, ...; en for `xx ||| en` files)."}
+    )
     english_side: Optional[str] = field(
         default=None,
         metadata={"help": "Which side of the corpus is English, the side the anchor keeps near f0: source or "
@@ -80,8 +84,10 @@ class AlignmentDataArguments:
                              f"--target_lang {self.target_lang}")
 
     def _english_side_from_languages(self) -> Optional[str]:
-        # Only an explicit English target says anything: --source_lang defaults to en.
-        return "target" if self.target_lang == "en" else None
+        # Only languages given explicitly say anything (an unset --source_lang is English only by default).
+        if self.target_lang == "en":
+            return "target"
+        return "source" if self.source_lang == "en" else None
 
     @property
     def english_is_target(self) -> bool:
