@@ -8,8 +8,8 @@ save); the reusable parts live in `hf_xladjust`. Example:
         --source_file wiki.en --target_file wiki.es --source_lang en --target_lang es \\
         --output_dir out/adjusted-es
 
-The paper's `xx ||| en` files work as they are with `--source_lang es --target_lang en` (or
-`--english_side target`): English is the side the anchor term keeps near the original model.
+The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--english_side target`):
+English is the side the anchor term keeps near the original model.
 """
 import copy
 import json
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from transformers import AutoModel, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser, set_seed
 
 from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments
 from hf_xladjust.alignment.pairs import (
@@ -30,6 +30,7 @@ from hf_xladjust.alignment.pairs import (
     write_aligned_pairs,
 )
 from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.files import write_json
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,10 @@ def main():
     logger.info("Aligned pairs: %s", json.dumps(stats))
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
-                                              cache_dir=model_args.cache_dir, use_fast=True)
-    model = AutoModel.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+                                              use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
+    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
+                                        **model_args.hub_kwargs())
+    model = AutoModel.from_pretrained(model_args.model_name_or_path, config=config, **model_args.hub_kwargs())
     original = copy.deepcopy(model)  # f0: frozen, never saved
 
     max_length = min(data_args.align_max_length or tokenizer.model_max_length,
@@ -94,8 +97,7 @@ def main():
     if trainer.is_world_process_zero():
         os.makedirs(training_args.output_dir, exist_ok=True)
         write_aligned_pairs(os.path.join(training_args.output_dir, "aligned_pairs.jsonl"), pairs)
-        with open(os.path.join(training_args.output_dir, "alignment_stats.json"), "w") as f:
-            json.dump(stats, f, indent=2)
+        write_json(os.path.join(training_args.output_dir, "alignment_stats.json"), stats)
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # the adjusted encoder + tokenizer, loadable with AutoModel / AutoModelFor...

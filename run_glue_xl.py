@@ -193,28 +193,19 @@ def main():
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
         finetuning_task="xnli",
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     model_label_of = model_label_ids(config, model_args.config_name or model_args.model_name_or_path)
     our_label_of = np.argsort(model_label_of)  # model id -> our id
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
         use_fast=model_args.use_fast_tokenizer,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
 
     # Preprocessing the datasets
@@ -271,8 +262,7 @@ def main():
                 cont_args, align_data_args, loss_args, tokenizer, model_args.model_name_or_path,
                 seed=training_args.seed,
                 alignment_cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
-                cache_dir=model_args.cache_dir, token=model_args.token,
-                trust_remote_code=model_args.trust_remote_code,
+                **model_args.hub_kwargs(),
             )
         logger.info(f"Continual alignment on {len(trainer_kwargs['align_dataset'])} sentence pairs, "
                     f"weight {cont_args.align_weight}")

@@ -192,29 +192,20 @@ def main():
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
         finetuning_task="ner",
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     label_to_id = model_label_ids(config, label_names, model_args.config_name or model_args.model_name_or_path)
     id_to_label = np.array([config.id2label[i] for i in range(len(config.id2label))], dtype=object)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        use_fast=True,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        use_fast=model_args.use_fast_tokenizer,
+        **model_args.hub_kwargs(),
         add_prefix_space=True if config.model_type in {"bloom", "gpt2", "roberta", "deberta"} else None,
     )
     model = AutoModelForTokenClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
 
     # Tokenizer check: this script requires a fast tokenizer (word_ids() maps subwords to words).
@@ -287,8 +278,7 @@ def main():
                 cont_args, align_data_args, loss_args, tokenizer, model_args.model_name_or_path,
                 seed=training_args.seed,
                 alignment_cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
-                cache_dir=model_args.cache_dir, token=model_args.token,
-                trust_remote_code=model_args.trust_remote_code,
+                **model_args.hub_kwargs(),
             )
         logger.info(f"Continual alignment on {len(trainer_kwargs['align_dataset'])} sentence pairs, "
                     f"weight {cont_args.align_weight}")

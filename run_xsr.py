@@ -184,18 +184,12 @@ def main():
     # Load pretrained model and tokenizer (a task checkpoint, e.g. fine-tuned on SQuAD, loads as its encoder).
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
         use_fast=model_args.use_fast_tokenizer,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     model = AutoModel.from_pretrained(
         model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     ).to(device)
 
     # Evaluate: all layers in one forward pass per batch, all candidates ranked per query.

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import write_json
@@ -19,10 +19,20 @@ class ModelArguments:
     config_name: Optional[str] = field(default=None, metadata={"help": "Config, if not the model's."})
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub downloads are stored."})
-    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers) tokenizer."})
+    use_fast_tokenizer: bool = field(
+        default=True,
+        metadata={"help": "Use a fast (tokenizers) tokenizer. run_adjust.py, run_ner_xl.py, run_qa_xl.py and "
+                          "continual alignment need one (word ids, offsets) and stop with a slow one."},
+    )
     model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models or datasets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub repository."})
+
+    def hub_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for every `from_pretrained` of the config, tokenizer and model (and f0), so
+        that --cache_dir, --model_revision, --token and --trust_remote_code reach each of them."""
+        return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token,
+                "trust_remote_code": self.trust_remote_code}
 
 
 def setup_logging(training_args, logger: logging.Logger) -> None:

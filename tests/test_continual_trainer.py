@@ -299,3 +299,38 @@ def test_arguments_and_anchor_resolution(tiny_model_dir, tok, side, tmp_path):
     assert kw["alignment_loss"].align_weight == 0.02 and kw["alignment_loss"].anchor_weight == 1.0
     assert not kw["alignment_loss"].anchor_model.training
     assert continual_kwargs(ContinualAlignArguments(), None, None, tok, tiny_model_dir, seed=3) == {}
+
+
+def test_model_arguments_reach_the_config_and_f0(tiny_model_dir, tok, side, tmp_path, monkeypatch):
+    """`ModelArguments.hub_kwargs()` goes to every from_pretrained; f0 found through an adjusted model's
+    run_args.json loads at the revision that adjustment recorded, any other f0 at the run's own."""
+    import hf_xladjust.trainers.continual as continual
+    from hf_xladjust.alignment.loss import AlignmentLossArguments
+    from hf_xladjust.alignment.pairs import AlignmentDataArguments, write_aligned_pairs
+    from hf_xladjust.cli import ModelArguments
+
+    cache = str(tmp_path / "cache")
+    hub = ModelArguments(model_name_or_path=tiny_model_dir, cache_dir=cache, model_revision="v2", token="hf_t",
+                         trust_remote_code=True).hub_kwargs()
+    assert hub == {"cache_dir": cache, "revision": "v2", "token": "hf_t", "trust_remote_code": True}
+    assert ModelArguments(model_name_or_path="m").hub_kwargs() == {
+        "cache_dir": None, "revision": "main", "token": None, "trust_remote_code": False}
+
+    loaded, configs = [], []
+    load_config = continual.AutoConfig.from_pretrained
+    load_anchor = continual.load_anchor_model
+    monkeypatch.setattr(continual, "load_anchor_model",
+                        lambda path, **kw: loaded.append((path, kw)) or load_anchor(path))
+    monkeypatch.setattr(continual.AutoConfig, "from_pretrained",  # (AutoModel loads its config here too)
+                        lambda path, **kw: configs.append(kw) or load_config(path, **kw))
+    adjusted = tmp_path / "adjusted"
+    shutil.copytree(tiny_model_dir, adjusted)
+    (adjusted / "run_args.json").write_text(json.dumps(
+        {"model": {"model_name_or_path": tiny_model_dir, "model_revision": "v1"}}))
+    write_aligned_pairs(str(tmp_path / "aligned_pairs.jsonl"), side.pairs)
+    cont = ContinualAlignArguments(aligned_pairs=str(tmp_path / "aligned_pairs.jsonl"))
+    for model in (str(adjusted), tiny_model_dir):
+        continual_kwargs(cont, AlignmentDataArguments(target_lang="es"), AlignmentLossArguments(), tok, model,
+                         seed=0, **hub)
+    assert [kw for kw in configs if "return_unused_kwargs" not in kw] == [hub, hub]
+    assert loaded == [(tiny_model_dir, {**hub, "revision": "v1"}), (tiny_model_dir, hub)]

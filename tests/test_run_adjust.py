@@ -181,3 +181,44 @@ def test_fast_align_defaults_to_the_symmetrisation_it_returns(tmp_path, tiny_mod
     stats = json.loads((out / "alignment_stats.json").read_text())
     assert stats["sentences_read"] == 12 and stats["links_kept"] > 0
     assert any(name.startswith("fast_align.grow-diag-final-and.") for name in os.listdir(out / "alignment_cache"))
+
+
+def test_xx_en_file_with_target_lang_en_and_model_flags_in_process(tmp_path, tiny_model_dir, monkeypatch):
+    """The paper's `es ||| en` file with `--target_lang en` alone puts English in `src`; --model_revision,
+    --token and --trust_remote_code reach every from_pretrained; the statistics go through write_json."""
+    import run_adjust
+    from hf_xladjust import files
+
+    corpus = tmp_path / "es-en.txt"
+    corpus.write_text("".join(f"{b} ||| {a}\n" for a, b in zip(fixture_lines("en"), fixture_lines("es"))),
+                      encoding="utf-8")
+    calls, written = [], {}
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModel"):
+        cls = getattr(run_adjust, name)
+
+        def spy(*args, _name=name, _load=cls.from_pretrained, **kwargs):
+            calls.append((_name, args[0], kwargs))
+            return _load(*args, **kwargs)
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+
+    def write_json(path, obj, **kwargs):
+        written[os.path.basename(path)] = obj
+        return files.write_json(path, obj, **kwargs)
+    monkeypatch.setattr(run_adjust, "write_json", write_json)
+    out = tmp_path / "out"
+    alignment = diagonal_pharaoh(tmp_path / "al", "es", "en")
+    monkeypatch.setattr(sys, "argv", [
+        "run_adjust.py", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(corpus),
+        "--target_lang", "en", "--aligner", "pharaoh", "--alignment_file", str(alignment), "--output_dir",
+        str(out), "--max_steps", "1", "--model_revision", "v1.0", "--token", "hf_test",
+        "--trust_remote_code", "true", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"])
+    run_adjust.main()
+
+    ours = [(name, kw) for name, path, kw in calls if path == str(tiny_model_dir)]
+    assert {name for name, _ in ours} == {"AutoConfig", "AutoTokenizer", "AutoModel"}
+    for name, kw in ours:
+        assert (kw["revision"], kw["token"], kw["trust_remote_code"]) == ("v1.0", "hf_test", True), name
+    pairs = read_aligned_pairs(str(out / "aligned_pairs.jsonl"))
+    assert pairs[0].src == fixture_lines("en")[0].split() and pairs[0].tgt == fixture_lines("es")[0].split()
+    stats = json.loads((out / "alignment_stats.json").read_text())
+    assert written["alignment_stats.json"] == stats and stats["english_side"] == "target"

@@ -2,7 +2,7 @@
 import json
 import logging
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from transformers import AutoModel, PreTrainedModel
 
@@ -20,15 +20,23 @@ def resolve_anchor_path(model_name_or_path: str, anchor_model_name_or_path: Opti
     """f0 is the ORIGINAL model, as in the paper's code: `--anchor_model_name_or_path` if given; otherwise, when the
     model is a run_adjust.py output, the model that adjustment started from (followed back through
     run_args.json); otherwise the model itself."""
+    return resolve_anchor(model_name_or_path, anchor_model_name_or_path)[0]
+
+
+def resolve_anchor(model_name_or_path: str,
+                   anchor_model_name_or_path: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """`resolve_anchor_path` and, when f0 was found through run_args.json, the --model_revision that
+    adjustment loaded it at (None otherwise: f0 then loads at the run's own revision)."""
     if anchor_model_name_or_path:
-        return anchor_model_name_or_path
-    path, seen = model_name_or_path, set()
+        return anchor_model_name_or_path, None
+    path, revision, seen = model_name_or_path, None, set()
     while os.path.isfile(os.path.join(path, "run_args.json")) and path not in seen:
         seen.add(path)
         with open(os.path.join(path, "run_args.json"), encoding="utf-8") as f:
-            origin = (json.load(f).get("model") or {}).get("model_name_or_path")
+            recorded = json.load(f).get("model") or {}
+        origin = recorded.get("model_name_or_path")
         if not origin:
             break
         logger.info("Anchor model f0: %s was adjusted from %s", path, origin)
-        path = origin
-    return path
+        path, revision = origin, recorded.get("model_revision")
+    return path, revision

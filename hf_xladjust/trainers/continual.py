@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, Trainer, TrainingArguments
 
-from hf_xladjust.alignment.anchor import load_anchor_model, resolve_anchor_path
+from hf_xladjust.alignment.anchor import load_anchor_model, resolve_anchor, resolve_anchor_path  # noqa: F401 (re-exported)
 from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, encoder_of
 from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
@@ -152,7 +152,8 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
                      **model_kwargs) -> Dict:
     """Keyword arguments for `ContinualAlignTrainer` from the parsed arguments of a run_*_xl.py script
     (empty when continual alignment is off), so the script reads `ContinualAlignTrainer(..., **kw)`.
-    `model_kwargs` (cache_dir, token, ...) go to `from_pretrained` of the config and of f0."""
+    `model_kwargs` (`ModelArguments.hub_kwargs()`: cache_dir, revision, token, trust_remote_code) go to
+    `from_pretrained` of the config and of f0."""
     if not cont_args.enabled:
         return {}
     if max_length is None:  # as run_adjust.py: the tokenizer's limit, capped by the model's positions
@@ -163,9 +164,10 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
     needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
     anchor = None
     if needs_f0:
-        anchor_path = resolve_anchor_path(model_name_or_path, cont_args.anchor_model_name_or_path)
+        anchor_path, revision = resolve_anchor(model_name_or_path, cont_args.anchor_model_name_or_path)
         logger.info("Anchor model f0: %s", anchor_path)
-        anchor = load_anchor_model(anchor_path, **model_kwargs)
+        # at the revision its adjustment loaded it at, if recorded; else at this run's (--model_revision)
+        anchor = load_anchor_model(anchor_path, **{**model_kwargs, **({"revision": revision} if revision else {})})
     loss = AlignmentLoss.from_args(loss_args, anchor_model=anchor, align_weight=cont_args.align_weight)
     return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size}
 
