@@ -197,6 +197,40 @@ def test_templates_and_precomputed_alignments(tmp_path):
         build_plan(parse_config(cfg, "grid.yaml"))
 
 
+def test_multi_gpu_steps_keep_the_papers_batch(tmp_path):
+    """The scripts' batch is per device: under N processes the plan passes 32/N (the continual side batch
+    16/N), leaves a configured batch alone, and refuses a process count that does not divide the batch."""
+    cfg = base_config(tmp_path)
+    cfg["adjust"]["resources"]["num_processes"] = 4
+    cfg["tasks"]["nli"]["resources"]["num_processes"] = 4
+    cfg["tasks"]["nli"]["regime_resources"] = {"adjusted": {"num_processes": 1}}
+    by = {s.name: s for s in build_plan(parse_config(cfg, "grid.yaml"))}
+    adjust, orig, cont = (by[n] for n in ("adjust/es/seed0", "nli/original/all/seed0", "nli/adjusted_cont/es/seed0"))
+    assert adjust.command[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "4"]
+    assert argmap(adjust)["per_device_train_batch_size"] == ["8"] and "align_batch_size" not in argmap(adjust)
+    assert argmap(orig)["per_device_train_batch_size"] == ["8"] and "align_batch_size" not in argmap(orig)
+    assert argmap(cont)["per_device_train_batch_size"] == ["8"] and argmap(cont)["align_batch_size"] == ["4"]
+    one = argmap(by["nli/adjusted/es/seed0"])  # one process: the scripts' own defaults (the paper's)
+    assert "per_device_train_batch_size" not in one and "align_batch_size" not in one
+
+    cfg["adjust"]["args"]["per_device_train_batch_size"] = 16  # set by the configuration: left alone
+    cfg["tasks"]["nli"]["regime_args"] = {"adjusted_cont": {"align_batch_size": 16}}
+    by = {s.name: argmap(s) for s in build_plan(parse_config(cfg, "grid.yaml"))}
+    assert by["adjust/es/seed0"]["per_device_train_batch_size"] == ["16"]
+    assert by["nli/adjusted_cont/es/seed0"]["align_batch_size"] == ["16"]
+    assert by["nli/adjusted_cont/es/seed0"]["per_device_train_batch_size"] == ["8"]
+
+    cfg = base_config(tmp_path)
+    cfg["tasks"]["nli"]["resources"]["num_processes"] = 3
+    with pytest.raises(InputError, match=r"tasks.nli \(original\): the paper's per_device_train_batch_size of 32 "
+                                         r"does not split over num_processes 3") as err:
+        build_plan(parse_config(cfg, "grid.yaml"))
+    assert err.value.path == "grid.yaml"
+    cfg["tasks"]["nli"]["args"]["per_device_train_batch_size"] = 11
+    cfg["tasks"]["nli"]["regime_args"] = {r: {"align_batch_size": 5} for r in ("adjusted_cont", "original_cont")}
+    assert {s.name for s in build_plan(parse_config(cfg, "grid.yaml"))}  # explicit batches: no refusal
+
+
 def test_fingerprints_change_only_what_depends_on_a_change(tmp_path):
     base = base_config(tmp_path)
     fp0 = {s.name: s.fingerprint for s in build_plan(parse_config(base, "g.yaml"))}

@@ -23,6 +23,10 @@ FINGERPRINT_VERSION = "hf_xladjust-grid-v1"
 # Arguments the grid sets itself; a config that sets them would silently break the grid's layout.
 GRID_ARGS = ("model_name_or_path", "output_dir", "seed", "aligned_pairs", "anchor_model_name_or_path",
              "resume_from_checkpoint", "align_train_file", "align_source_file", "align_target_file")
+# The paper's batches per optimisation step, whatever the number of processes: 32 training examples
+# (32 sentence pairs in the adjustment) and, in continual runs, a side batch of 16 aligned pairs.
+PAPER_TRAIN_BATCH = 32
+PAPER_ALIGN_BATCH = 16
 
 
 @dataclass
@@ -124,6 +128,30 @@ def _fill(args: Dict[str, Any], values: Dict[str, Any], where: str, source: str)
         except ValueError as e:
             raise InputError(f"{where}: {e} in {v!r}", source) from None
     return {k: [one(x) for x in v] if isinstance(v, list) else one(v) for k, v in args.items()}
+
+
+def _paper_batches(args: Dict[str, Any], resources: Resources, continual: bool, where: str,
+                   source: str) -> Dict[str, int]:
+    """The scripts' batches are per device: under `accelerate launch --num_processes N` split the paper's
+    batch of 32 (training examples, or sentence pairs for the adjustment) and, in a continual run, the
+    side batch of 16 aligned pairs, over the N processes, so that an optimisation step sees the paper's
+    numbers. A batch the step's arguments set is left alone."""
+    n = resources.num_processes
+    if n <= 1:
+        return {}
+    paper = {"per_device_train_batch_size": PAPER_TRAIN_BATCH}
+    if continual:
+        paper["align_batch_size"] = PAPER_ALIGN_BATCH
+    split = {}
+    for key, batch in paper.items():
+        if key in args:
+            continue
+        if batch % n:
+            raise InputError(f"{where}: the paper's {key} of {batch} does not split over num_processes {n} (the "
+                             f"batch is per device); use a number of processes that divides {batch}, or set "
+                             f"{key} (per device) in the step's arguments", source)
+        split[key] = batch // n
+    return split
 
 
 def _check_grid_args(args: Dict[str, Any], where: str, source: str) -> None:
@@ -245,8 +273,9 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                 values = {"lang": lang, "seed": seed, "results_dir": results, "model": model}
                 args = {"model_name_or_path": model, **cfg.parallel[lang].args(), **alignment_args(lang),
                         **_fill(cfg.common_args, values, "common_args", src),
-                        **_fill(cfg.adjust.args, values, "adjust.args", src),
-                        "seed": seed, "output_dir": out("adjust", lang, f"seed{seed}")}
+                        **_fill(cfg.adjust.args, values, "adjust.args", src)}
+                args.update(_paper_batches(args, cfg.adjust.resources, False, "adjust", src))
+                args.update(seed=seed, output_dir=out("adjust", lang, f"seed{seed}"))
                 steps.append(Step(name=f"adjust/{lang}/seed{seed}", kind="adjust",
                                   output_dir=out("adjust", lang, f"seed{seed}"), script=[cfg.adjust.script],
                                   args=to_argv(args), resources=cfg.adjust.resources,
@@ -295,11 +324,15 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                     args.update(_fill(cfg.common_args, values, "common_args", src) if task.trains else {})
                     args.update(_fill(task.args, values, f"{where}.args", src))
                     args.update(_fill(task.regime_args.get(regime, {}), values, f"{where}.regime_args", src))
+                    resources = task.resources_for(regime)
+                    if task.trains:
+                        args.update(_paper_batches(args, resources, regime.endswith("_cont"),
+                                                   f"{where} ({regime})", src))
                     output_dir = out(name, regime, lang, f"seed{seed}")
                     args.update(seed=seed, output_dir=output_dir)
                     links = ([out(name, regime, x, f"seed{seed}") for x in cfg.languages] if lang == "all" else [])
                     steps.append(Step(name=f"{name}/{regime}/{lang}/seed{seed}", kind="task", output_dir=output_dir,
-                                      script=[task.script], args=to_argv(args), resources=task.resources_for(regime),
+                                      script=[task.script], args=to_argv(args), resources=resources,
                                       deps=deps, outputs=list(task.outputs), resume=task.trains, links=links,
                                       task=name, regime=regime, lang=lang, seed=seed, **common))
 
