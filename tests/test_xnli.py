@@ -120,6 +120,32 @@ def test_mixed_language_needs_parallel_files():
     assert str(err.value).startswith("es.tsv:8: gold label")
 
 
+def test_recorded_mixed_set_must_match_the_seed_and_the_sets(tmp_path):
+    """A choices file is reused only for the seed and the sets it records: another --mixed_language_seed or
+    other data against an existing --mixed_language_sets folder stops, naming the file."""
+    from hf_xladjust.tasks.xnli import mixed_language_set
+
+    target, english = synthetic("es", 30), synthetic("en", 30)
+    path = str(tmp_path / "test_mixed_es.json")
+    first = mixed_language_set(target, english, 5, path, "data/test-es.tsv", "data/test-en.tsv")
+    assert first == build_mixed_language(target, english, 5)
+    # the same seed and files, here from another folder and as a prefix: the recorded set
+    assert mixed_language_set(target[:9], english[:9], 5, path, "/elsewhere/data/test-es.tsv",
+                              "../data/test-en.tsv") == first[:9]
+    assert build_mixed_language(target, english, 6) != first
+    with pytest.raises(InputError, match="choices drawn with seed 5, but this run's mixed-language seed is 6") as err:
+        mixed_language_set(target, english, 6, path, "data/test-es.tsv", "data/test-en.tsv")
+    assert err.value.path == path
+    with pytest.raises(InputError, match="recorded for target_source data/test-es.tsv, but this run's is "
+                                         r"xnli\[es\]:test") as err:
+        mixed_language_set(target, english, 5, path, "xnli[es]:test", "data/test-en.tsv")
+    assert err.value.path == path
+    # a file that records no seed (e.g. written by hand) is used as it is
+    (tmp_path / "hand.json").write_text(json.dumps({"english_side": ["hypothesis"] * 30}))
+    hand = mixed_language_set(target, english, 6, str(tmp_path / "hand.json"), "data/test-es.tsv")
+    assert [m.english_side for m in hand] == ["hypothesis"] * 30
+
+
 # --- labels and predictions -----------------------------------------------------------------------
 
 def test_model_labels():

@@ -142,14 +142,25 @@ def mixed_language_set(target: Sequence[NLIExample], english: Sequence[NLIExampl
     """The mixed-language set of `target`, with its premise/hypothesis choices recorded in `path` (JSON):
     when `path` exists its choices are used (the first len(target) of them, so a set built on a whole
     file serves its prefixes), else they are drawn with `seed` (`build_mixed_language`) and, with
-    `write`, saved there. Every run pointed at the same file evaluates the same set."""
+    `write`, saved there. Every run pointed at the same file evaluates the same set: a file that records
+    another seed, or other target/English sets (compared by file name, so moved data still matches),
+    is refused rather than silently used in place of what this run asked for."""
     mixed = build_mixed_language(target, english, seed, target_source, english_source)  # also checks the files
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
-                sides = json.load(f)["english_side"]
+                recorded = json.load(f)
+            sides = recorded["english_side"]
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"not a mixed-language choice file ({e})", path) from None
+        if recorded.get("seed") is not None and recorded["seed"] != seed:
+            raise InputError(f"choices drawn with seed {recorded['seed']}, but this run's mixed-language seed is "
+                             f"{seed}; delete the file or use another folder for the mixed-language sets", path)
+        for what, mine in (("target_source", target_source), ("english_source", english_source)):
+            theirs = recorded.get(what)
+            if theirs and mine and os.path.basename(str(theirs)) != os.path.basename(str(mine)):
+                raise InputError(f"choices recorded for {what} {theirs}, but this run's is {mine}; delete the "
+                                 "file or use another folder for the mixed-language sets", path)
         if len(sides) < len(mixed):
             raise InputError(f"{len(sides)} recorded choices, but the set has {len(mixed)} examples "
                              f"({target_source or 'target set'})", path)
