@@ -64,8 +64,9 @@ def decode_line(raw: bytes, path: str, line_no: int, encoding: str = "utf-8") ->
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
-        raise InputError(f"not valid {encoding.upper()}: byte {raw[e.start:e.start + 1]!r} at byte {e.start + 1} "
-                         f"of the line ({e.reason}; decoding as {encoding})", path, line_no) from None
+        raise InputError(f"cannot decode the line as {encoding}: byte {raw[e.start:e.start + 1]!r} at byte "
+                         f"{e.start + 1} of the line is not valid {encoding.upper()} ({e.reason})",
+                         path, line_no) from None
     return text.lstrip("\ufeff") if line_no == 1 else text
 
 
