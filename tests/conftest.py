@@ -22,12 +22,15 @@ def fixture_lines(lang):
 def build_tiny_model(out_dir, vocab_size=400, hidden=32, layers=2, max_positions=64):
     """Save a random tiny BERT plus a WordPiece tokenizer trained on the fixture text."""
     import torch
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     text = [line for lang in LANGS for line in fixture_lines(lang)]
     wp = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
     wp.train_from_iterator(text, vocab_size=vocab_size, min_frequency=1)
+    # [CLS] A [SEP]: tokenizers < 0.21 leaves a trained BertWordPieceTokenizer without its post-processor
+    cls, sep = (("[CLS]", wp.token_to_id("[CLS]")), ("[SEP]", wp.token_to_id("[SEP]")))
+    wp.post_processor = processors.BertProcessing(sep, cls)
     tokenizer = BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=False, strip_accents=False,
                                   model_max_length=max_positions)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
