@@ -195,15 +195,19 @@ def encode_examples(tokenizer, tokens: Sequence[Sequence[str]], tags: Optional[S
     special tokens and padding. `word_index`: the word's index on its first subword, -1 elsewhere
     (to map predictions back to words). `truncated_words`: words with subwords, all of them beyond
     `max_length`; `untokenized_words`: words the tokenizer turns into no subword at all."""
+    # One pass: the overflow rows of a sentence hold the subwords past `max_length` (as for aligned pairs).
     enc = tokenizer(list(map(list, tokens)), is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=padding)
-    full = tokenizer(list(map(list, tokens)), is_split_into_words=True, add_special_tokens=False)
+                    padding=padding, return_overflowing_tokens=True, stride=0)
+    mapping = np.asarray(enc["overflow_to_sample_mapping"])
+    starts = np.flatnonzero(np.r_[True, mapping[1:] != mapping[:-1]])  # each sentence's first row
+    ends = np.r_[starts[1:], len(mapping)]
     b_to_i = b_to_i_ids(label_to_id) if label_to_id is not None else None
     word_index, labels, truncated, untokenized = [], [], [], []
     for i, words in enumerate(tokens):
-        ids = enc.word_ids(batch_index=i)
+        ids = enc.word_ids(int(starts[i]))
         kept = {w for w in ids if w is not None}
-        present = {w for w in full.word_ids(batch_index=i) if w is not None}
+        present = kept.union(*({w for w in enc.word_ids(int(r)) if w is not None}
+                               for r in range(starts[i] + 1, ends[i])))
         truncated.append(len(present - kept))
         untokenized.append(len(words) - len(present))
         row_index, row_labels, previous = [], [], None
@@ -220,7 +224,7 @@ def encode_examples(tokenizer, tokens: Sequence[Sequence[str]], tags: Optional[S
         word_index.append(row_index)
         if tags is not None:
             labels.append(row_labels)
-    result = dict(enc)
+    result = {key: [values[r] for r in starts] for key, values in enc.items() if key != "overflow_to_sample_mapping"}
     result["word_index"] = word_index
     result["truncated_words"] = truncated
     result["untokenized_words"] = untokenized
