@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny BERT and a WordPiece tokenizer trained here on multi-script text."""
+"""Shared fixtures: a tiny BERT and a WordPiece tokenizer over the multi-script fixture text."""
 import os
 from pathlib import Path
 
@@ -19,18 +19,37 @@ def fixture_lines(lang):
     return (FIXTURES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
 
 
+def fixture_vocabulary(vocab_size):
+    """A WordPiece vocabulary built deterministically from the fixture text: the special tokens, every
+    character as a word start and as a continuation, then the most frequent whole words (ties by spelling).
+
+    `BertWordPieceTokenizer.train_from_iterator` breaks ties in hash order, so its vocabulary (and every
+    number a test computes from it) changed from one run to the next."""
+    from collections import Counter
+
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    split = BertPreTokenizer().pre_tokenize_str
+    words = Counter(w for lang in LANGS for line in fixture_lines(lang) for w, _ in split(line))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    known = set(vocab)
+    for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in known:
+            vocab.append(word)
+    return vocab
+
+
 def build_tiny_model(out_dir, vocab_size=400, hidden=32, layers=2, max_positions=64):
-    """Save a random tiny BERT plus a WordPiece tokenizer trained on the fixture text."""
+    """Save a random tiny BERT plus a WordPiece tokenizer over the fixture text's vocabulary."""
     import torch
-    from tokenizers import BertWordPieceTokenizer, processors
+    from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    text = [line for lang in LANGS for line in fixture_lines(lang)]
-    wp = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-    wp.train_from_iterator(text, vocab_size=vocab_size, min_frequency=1)
-    # [CLS] A [SEP]: tokenizers < 0.21 leaves a trained BertWordPieceTokenizer without its post-processor
-    cls, sep = (("[CLS]", wp.token_to_id("[CLS]")), ("[SEP]", wp.token_to_id("[SEP]")))
-    wp.post_processor = processors.BertProcessing(sep, cls)
+    vocab = {token: i for i, token in enumerate(fixture_vocabulary(vocab_size))}
+    wp = BertWordPieceTokenizer(vocab, lowercase=False, strip_accents=False)
     tokenizer = BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=False, strip_accents=False,
                                   model_max_length=max_positions)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
