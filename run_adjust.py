@@ -49,11 +49,16 @@ class ParallelFileArguments:
             raise ValueError("--source_file and --target_file go together")
 
 
-def main():
-    parser = HfArgumentParser(
+def build_parser() -> HfArgumentParser:
+    """The script's arguments; the grid's dry run checks each step's flags against it."""
+    return HfArgumentParser(
         (ModelArguments, ParallelFileArguments, AlignmentDataArguments, AlignmentLossArguments,
          AdjustTrainingArguments)
     )
+
+
+def main():
+    parser = build_parser()
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, file_args, data_args, loss_args, training_args = parser.parse_json_file(sys.argv[1])
     else:

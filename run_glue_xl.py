@@ -129,11 +129,16 @@ class NLITrainingArguments(FineTuningArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the English data (paper: 2)."})
 
 
-def main():
-    parser = HfArgumentParser(
+def build_parser() -> HfArgumentParser:
+    """The script's arguments; the grid's dry run checks each step's flags against it."""
+    return HfArgumentParser(
         (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
          AlignmentLossArguments, NLITrainingArguments)
     )
+
+
+def main():
+    parser = build_parser()
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
     else:

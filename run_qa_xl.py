@@ -149,11 +149,16 @@ class QATrainingArguments(FineTuningArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over SQuAD (paper: 2)."})
 
 
-def main():
-    parser = HfArgumentParser(
+def build_parser() -> HfArgumentParser:
+    """The script's arguments; the grid's dry run checks each step's flags against it."""
+    return HfArgumentParser(
         (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
          AlignmentLossArguments, QATrainingArguments)
     )
+
+
+def main():
+    parser = build_parser()
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
     else:

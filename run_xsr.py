@@ -140,8 +140,13 @@ class RetrievalArguments:
             raise ValueError("--batch_size must be positive and --max_length at least 3")
 
 
+def build_parser() -> HfArgumentParser:
+    """The script's arguments; the grid's dry run checks each step's flags against it."""
+    return HfArgumentParser((ModelArguments, DataArguments, RetrievalArguments))
+
+
 def main():
-    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalArguments))
+    parser = build_parser()
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, data_args, xsr_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
     else:

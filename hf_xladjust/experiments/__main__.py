@@ -17,7 +17,9 @@ def parse_args(argv=None):
                                             "over tasks, languages, seeds and regimes, through submitit.")
     p.add_argument("config", help="YAML or JSON configuration file.")
     p.add_argument("--dry_run", action="store_true",
-                   help="Print every step's command and state, and the GPU-hour estimate; run nothing.")
+                   help="Check every step's arguments against its script and the model folder, print every "
+                        "step's command and state and the time estimate (measured where steps have run); "
+                        "run nothing.")
     p.add_argument("--cluster", choices=("local", "slurm", "debug"), default=None,
                    help="Override executor.cluster of the configuration.")
     p.add_argument("--results_dir", default=None, help="Override results_dir of the configuration.")
@@ -64,6 +66,9 @@ def main(argv=None) -> int:
         chosen = {n for n in chosen if n in matching(args.only) or n in rerun or not is_done(by_name[n])}
         steps = [s for s in steps if s.name in chosen]
 
+    from hf_xladjust.experiments.validate import check_plan
+
+    check_plan(steps, cfg, os.path.abspath(cfg.workdir or os.getcwd()))
     print(f"Grid {cfg.source}: {len(steps)} steps, results in {results_dir}, executor {cfg.executor.cluster}")
     if args.dry_run:
         print(plan_summary(steps))

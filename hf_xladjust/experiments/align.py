@@ -39,8 +39,13 @@ class AlignArguments:
     )
 
 
+def build_parser() -> HfArgumentParser:
+    """The step's arguments; the grid's dry run checks each step's flags against it."""
+    return HfArgumentParser(AlignArguments)
+
+
 def main():
-    (args,) = HfArgumentParser(AlignArguments).parse_args_into_dataclasses()
+    (args,) = build_parser().parse_args_into_dataclasses()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
     start = time.time()
