@@ -6,6 +6,8 @@
 Reads the per-example prediction files that the run_*.py scripts write, in the folders of the
 experiment grid: `RESULTS/{task}/{regime}/{lang}/seed{n}/predictions_{split}_{set}.jsonl` (retrieval:
 `predictions_{set}.jsonl`), task in nli/ner/qa/xsr, regime in original/adjusted/adjusted_cont/original_cont.
+A folder `{task}_{what}` is a variant of that task with a table of its own (e.g. `xsr_nli`: retrieval with
+the NLI-fine-tuned models, next to `xsr` with the encoders).
 A language folder contributes the sets whose name (split on `_` and `-`) contains its language code,
 plus English-only sets (reported as `en (lang)`: the English score of that folder's model), so an
 `original` folder shared by all languages (one model evaluated on every language) is read correctly
@@ -64,6 +66,15 @@ from hf_xladjust.statistics import (
 logger = logging.getLogger(__name__)
 
 TASKS = ("nli", "ner", "qa", "xsr")
+
+
+def task_kind(name: str) -> Optional[str]:
+    """The task a results folder holds: `nli`, ..., or a variant `{task}_{what}` such as `xsr_nli` (retrieval
+    with the NLI-fine-tuned models, next to `xsr` with the encoders); None for any other name."""
+    kind = name.split("_", 1)[0]
+    return kind if kind in TASKS and (name == kind or name[len(kind) + 1:]) else None
+
+
 REGIMES = ("original", "adjusted", "adjusted_cont", "original_cont")
 ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_cont": "Adj + cont",
               "original_cont": "Orig + cont"}
@@ -281,8 +292,10 @@ def _language_order(found: Sequence[str], languages: Optional[Sequence[str]]) ->
 
 def discover(results_dir: str, task: str, split: str = "test", languages: Optional[Sequence[str]] = None,
              seeds: Optional[Sequence[int]] = None) -> Dict[Column, Dict[str, Dict[int, str]]]:
-    """{column: {regime: {seed: prediction file}}} for one task, columns in table order."""
+    """{column: {regime: {seed: prediction file}}} for one task folder (`xsr`, `xsr_nli`...), columns in
+    table order."""
     task_dir = os.path.join(results_dir, task)
+    kind = task_kind(task)
     regimes = [r for r in REGIMES if os.path.isdir(os.path.join(task_dir, r))]
     for extra in sorted(set(os.listdir(task_dir)) - set(REGIMES)):
         logger.warning("%s: not a regime (%s), skipped", os.path.join(task_dir, extra), ", ".join(REGIMES))
@@ -302,7 +315,7 @@ def discover(results_dir: str, task: str, split: str = "test", languages: Option
                 seed = int(m.group(1))
                 if seeds is not None and seed not in seeds:
                     continue
-                for set_name, path in prediction_files(os.path.join(lang_dir, seed_dir), task, split).items():
+                for set_name, path in prediction_files(os.path.join(lang_dir, seed_dir), kind, split).items():
                     column = column_for(set_name, lang, folders)
                     if column is not None:
                         table.setdefault(column, {}).setdefault(regime, {})[seed] = path
@@ -504,9 +517,9 @@ class ReportArguments:
     wandb_project: str = field(default="hf-xladjust", metadata={"help": "W&B project of --report_to wandb."})
 
     def __post_init__(self):
-        unknown = sorted(set(self.tasks or ()) - set(TASKS))
+        unknown = sorted(t for t in self.tasks or () if task_kind(t) is None)
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+            raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)} or a variant TASK_NAME")
         if self.ner_metric not in NER_METRICS:
             raise ValueError(f"--ner_metric must be one of {list(NER_METRICS)}, got {self.ner_metric!r}")
         self.split_of(TASKS[0])  # checks the --split entries
@@ -516,24 +529,26 @@ class ReportArguments:
 
 
     def split_of(self, task: str) -> str:
-        """The split read for `task`: its TASK=SPLIT entry, else the plain SPLIT entry (default test)."""
+        """The split read for `task`: its TASK=SPLIT entry (a variant `ner_x` also takes `ner`'s), else the
+        plain SPLIT entry (default test)."""
         default, per_task = "test", {}
         for entry in self.split:
             name, sep, value = entry.partition("=")
             if not sep:
                 default = entry
-            elif name in TASKS and value:
+            elif task_kind(name) and value:
                 per_task[name] = value
             else:
                 raise ValueError(f"--split takes SPLIT or TASK=SPLIT (task in {list(TASKS)}), got {entry!r}")
-        return per_task.get(task, default)
+        return per_task.get(task, per_task.get(task_kind(task), default))
 
 
 def build_report(results_dir: str, args: ReportArguments) -> dict:
     """Read, test and tabulate every task; returns the JSON report (tables included)."""
     if not os.path.isdir(results_dir):
         raise InputError("not a folder", results_dir)
-    tasks = args.tasks or [t for t in TASKS if os.path.isdir(os.path.join(results_dir, t))]
+    folders = [t for t in os.listdir(results_dir) if task_kind(t) and os.path.isdir(os.path.join(results_dir, t))]
+    tasks = args.tasks or sorted(folders, key=lambda t: (TASKS.index(task_kind(t)), t))
     if not tasks:
         raise InputError(f"no task folder ({', '.join(TASKS)}) in the results folder", results_dir)
     report = {"settings": {"results_dir": os.path.abspath(results_dir), **asdict(args),
@@ -549,25 +564,27 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
             logger.warning("%s: no predictions_%s_*.jsonl files in any {regime}/{lang}/seedN folder",
                            os.path.join(results_dir, task), split)
             continue
+        kind = task_kind(task)
         columns = {}
         for col, files in found.items():
             try:
-                columns[col] = column_statistics(task, files, args.alpha, args.n_resamples, args.permutation_seed,
+                columns[col] = column_statistics(kind, files, args.alpha, args.n_resamples, args.permutation_seed,
                                                  args.ner_metric)
             except UnscoredSet as e:
                 logger.warning("%s: an unlabelled set (no scores), column %s left out", e.path, col.label)
         if not columns:
             continue
-        header, rows = task_table(task, columns, args.digits)
-        measure = f"{NER_MEASURES[args.ner_metric]}; " if task == "ner" else ""
-        test = TESTS[task].format(ner_metric=args.ner_metric)
+        header, rows = task_table(kind, columns, args.digits)
+        measure = f"{NER_MEASURES[args.ner_metric]}; " if kind == "ner" else ""
+        test = TESTS[kind].format(ner_metric=args.ner_metric)
         note = (f"Split {split}; {measure}mean over seeds ({_seed_note(columns)} seeds), x100. `*` differs from "
                 f"Original, `**` from Adjusted (p < {args.alpha:g}; {test}).")
-        p_header, p_rows = p_value_table(task, columns)
+        p_header, p_rows = p_value_table(kind, columns)
+        title = TITLES[kind].format(ner_metric=args.ner_metric) + ("" if task == kind else f" ({task})")
         report["tasks"][task] = {
-            "title": TITLES[task].format(ner_metric=args.ner_metric), "split": split, "note": note,
+            "title": title, "split": split, "note": note,
             "header": header, "rows": rows,
-            **({"measure": NER_MEASURES[args.ner_metric], "ner_metric": args.ner_metric} if task == "ner" else {}),
+            **({"measure": NER_MEASURES[args.ner_metric], "ner_metric": args.ner_metric} if kind == "ner" else {}),
             "markdown": to_markdown(header, rows), "csv": to_csv(header, rows),
             "p_values_markdown": to_markdown(p_header, p_rows) if p_rows else "",
             "columns": [{"label": col.label, "lang": col.lang, "set": col.set_name, "english": col.english,

@@ -233,6 +233,27 @@ def test_xsr_best_layer_per_state(tmp_path):
     assert table["rows"][0][1].endswith("(L1)") and table["rows"][1][1].endswith("(L3)")
 
 
+def test_task_variant_folders_are_tables_of_their_kind(tmp_path):
+    """`xsr_nli` (retrieval with the NLI-fine-tuned models) is read as XSR and tabled beside `xsr`; a folder
+    that is no task variant is ignored."""
+    results = tmp_path / "r"
+    for folder, rank in (("xsr", 2), ("xsr_nli", 4)):
+        for regime in ("original", "adjusted"):
+            _write_jsonl(results / folder / regime / "es" / "seed0" / "predictions_es.jsonl",
+                         [{"id": i, "ranks": [rank, 1 if regime == "adjusted" else rank]} for i in range(5)])
+    (results / "notes_nli").mkdir()
+    (results / "nlix").mkdir()
+    report = build_report(str(results), ReportArguments(split=["test", "xsr=test"]))
+    assert list(report["tasks"]) == ["xsr", "xsr_nli"]
+    assert report["tasks"]["xsr_nli"]["title"] == "XSR: MRR at the best layer (Lk) (xsr_nli)"
+    by_folder = {t: report["tasks"][t]["columns"][0]["cells"]["original"]["metrics"]["mrr"]["mean"]
+                 for t in ("xsr", "xsr_nli")}
+    assert by_folder == {"xsr": pytest.approx(1 / 2), "xsr_nli": pytest.approx(1 / 4)}
+    assert ReportArguments(split=["test", "ner=eval"]).split_of("ner_big") == "eval"
+    with pytest.raises(ValueError, match="unknown task"):
+        ReportArguments(tasks=["pos_nli"])
+
+
 def _tags(rng, n_tokens):
     return rng.choice(["O", "O", "O", "B-PER", "I-PER", "B-LOC"], size=n_tokens).tolist()
 

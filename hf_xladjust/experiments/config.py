@@ -83,10 +83,15 @@ class TaskConfig:
     language_arg: Optional[str] = "eval_languages"  # the script's flag taking the evaluation languages
     trains: bool = True  # False: evaluation only (XSR); no --resume_from_checkpoint, no continual regimes
     model_from: str = "start"  # evaluation-only tasks: "start" (the regime's start model) or a task's output
+    # the grid's regimes this task runs (default all); e.g. [original, adjusted] for retrieval of the encoders
+    regimes: Optional[List[str]] = None
     outputs: List[str] = field(default_factory=lambda: ["all_results.json"])
     resources: Resources = field(default_factory=lambda: Resources(gpus=1))
     # per regime, resources that differ (continual runs take longer): {adjusted_cont: {hours: 12, est_hours: 1}}
     regime_resources: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def regimes_of(self, grid_regimes: List[str]) -> List[str]:
+        return [r for r in grid_regimes if self.regimes is None or r in self.regimes]
 
     def resources_for(self, regime: str) -> Resources:
         return dataclasses.replace(self.resources, **self.regime_resources.get(regime, {}))
@@ -243,8 +248,13 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
             raise InputError(f"parallel: no parallel corpus for {', '.join(missing)} (regimes {cfg.regimes} "
                              "need one per language)", path)
     for name, task in cfg.tasks.items():
+        if task.regimes is not None:
+            outside = [r for r in task.regimes if r not in cfg.regimes]
+            if outside or not task.regimes:
+                raise InputError(f"tasks.{name}.regimes: {outside or 'an empty list'} not among the grid's regimes "
+                                 f"{cfg.regimes}", path)
         if not task.trains:
-            cont = [r for r in cfg.regimes if r.endswith("_cont")]
+            cont = [r for r in task.regimes_of(cfg.regimes) if r.endswith("_cont")]
             if task.model_from == "start" and cont:
                 raise InputError(f"tasks.{name}: an evaluation-only task has no continual regime ({', '.join(cont)})"
                                  "; set model_from to a training task (e.g. qa)", path)

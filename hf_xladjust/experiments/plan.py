@@ -289,7 +289,7 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
         task = cfg.tasks[name]
         where = f"tasks.{name}"
         _check_grid_args(task.args, f"{where}.args", src)
-        for regime in cfg.regimes:
+        for regime in task.regimes_of(cfg.regimes):
             _check_grid_args(task.regime_args.get(regime, {}), f"{where}.regime_args.{regime}", src)
             # The original model does not depend on the language: fine-tune once per seed and
             # evaluate every language; the per-language folders are links to that run.
