@@ -583,3 +583,98 @@ def test_tiny_grid_end_to_end_kill_and_resume(tmp_path, tiny_model_dir):
                                                                                "train_loss"))}
         else:
             assert (target / name).read_bytes() == content, name
+
+
+# --- checks before anything runs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("where, change, message", [
+    ("tasks.nli.args", {"tasks": {"nli": {"args": {"num_trian_epochs": 1}}}},
+     "step nli/original/all/seed0: run_glue_xl.py has no argument 'num_trian_epochs' (did you mean "
+     "num_train_epochs?) (key num_trian_epochs in tasks.nli.args)"),
+    ("regime_args", {"tasks": {"nli": {"regime_args": {"adjusted_cont": {"align_wieght": 0.1}}}}},
+     "step nli/adjusted_cont/es/seed0: run_glue_xl.py has no argument 'align_wieght' (did you mean align_weight?) "
+     "(key align_wieght in tasks.nli.regime_args.adjusted_cont)"),
+    ("adjust.args", {"adjust": {"args": {"max_sentence": 10}}},
+     "step adjust/es/seed0: run_adjust.py has no argument 'max_sentence'"),
+    ("a value", {"tasks": {"nli": {"args": {"max_predict_samples": "many"}}}},
+     "run_glue_xl.py refuses its arguments: argument --max_predict_samples/--max-predict-samples: invalid int value"),
+])
+def test_dry_run_checks_every_steps_arguments_against_its_script(tmp_path, where, change, message):
+    cfg = base_config(tmp_path)
+    for key, value in change.items():
+        if key == "tasks":
+            for section, extra in value["nli"].items():
+                cfg["tasks"]["nli"].setdefault(section, {}).update(extra)
+        else:
+            cfg[key]["args"].update(value["args"])
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(InputError, match=re.escape(message)):
+        grid_main([str(path), "--dry_run"])
+    with pytest.raises(InputError, match=re.escape(message)):  # the real run checks first, and runs nothing
+        grid_main([str(path)])
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_reports_a_missing_model_and_passes_a_good_config(tmp_path, capsys):
+    cfg = base_config(tmp_path)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--dry_run"]) == 0
+    assert "# nli/adjusted_cont/ru/seed1 [to run]" in capsys.readouterr().out
+    for model in (str(tmp_path / "gone"), "./models/gone"):
+        path.write_text(yaml.safe_dump({**cfg, "model_name_or_path": model}))
+        with pytest.raises(InputError, match="model_name_or_path: no model folder .*gone"):
+            grid_main([str(path), "--dry_run"])
+    path.write_text(yaml.safe_dump({**cfg, "model_name_or_path": "someone/not-cached", "env": OFFLINE}))
+    with pytest.raises(InputError, match="'someone/not-cached' is neither a folder nor in the Hub cache"):
+        grid_main([str(path), "--dry_run"])
+
+
+def test_a_misspelled_argument_is_one_line_from_the_command(tmp_path):
+    cfg = base_config(tmp_path)
+    cfg["tasks"]["nli"]["args"]["num_trian_epochs"] = 1
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = run_grid(str(path), "--dry_run")
+    assert done.returncode == 1 and "Grid" not in done.stdout  # nothing was planned (transformers may print)
+    assert done.stderr.count("\n") == 1 and "has no argument 'num_trian_epochs'" in done.stderr
+
+
+def test_task_regimes_choose_a_subset(tmp_path):
+    """Retrieval of the encoders themselves (model_from start) runs in a grid with continual regimes when
+    the task names its regimes; retrieval of a task's models runs them all."""
+    cfg = base_config(tmp_path, regimes=["original", "adjusted", "adjusted_cont"], seeds=[0])
+    cfg["tasks"]["xsr"] = {"regimes": ["original", "adjusted"], "args": {"tatoeba_dir": str(tmp_path)}}
+    cfg["tasks"]["xsr_nli"] = {"script": "run_xsr.py", "trains": False, "language_arg": "languages",
+                               "model_from": "nli", "args": {"tatoeba_dir": str(tmp_path)}}
+    names = [s.name for s in build_plan(parse_config(cfg, "g.yaml"))]
+    assert [n for n in names if n.startswith("xsr/")] == ["xsr/original/all/seed0", "xsr/adjusted/es/seed0",
+                                                         "xsr/adjusted/ru/seed0"]
+    assert len([n for n in names if n.startswith("xsr_nli/")]) == 5
+    cfg["tasks"]["xsr"]["regimes"] = ["original", "original_cont"]
+    with pytest.raises(InputError, match=re.escape("tasks.xsr.regimes: ['original_cont'] not among")):
+        parse_config(cfg, "g.yaml")
+    cfg["tasks"]["xsr"]["regimes"] = None
+    with pytest.raises(InputError, match="evaluation-only task has no continual regime"):
+        parse_config(cfg, "g.yaml")
+
+
+def test_the_e5_offline_grid_plans_on_the_shared_data(tmp_path, shared_data, tiny_model_dir, capsys):
+    """examples/grid_e5_offline.yaml: every step's arguments pass its script's parser and every input file
+    exists (a tiny model stands in for the converted e5-small folder)."""
+    cfg = yaml.safe_load((ROOT / "examples" / "grid_e5_offline.yaml").read_text())
+    cfg.update(model_name_or_path=str(tiny_model_dir), results_dir=str(tmp_path / "results"), workdir=str(ROOT))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    names = re.findall(r"^# (\S+) \[to run\]", out, re.M)
+    seeds = len(cfg["seeds"]) if isinstance(cfg["seeds"], list) else cfg["seeds"]
+    per_seed = {"align": 0, "adjust": 4, "nli": 9, "ner": 9, "xsr": 5, "xsr_nli": 9}
+    assert {k: sum(n.split("/")[0] == k for n in names) for k in per_seed} == {
+        k: 4 if k == "align" else v * seeds for k, v in per_seed.items()}
+    steps = build_plan(load_config(str(path)))
+    inputs = {p for s in steps for p in s.inputs}
+    assert {"../shared/data/xnli/test-hi.tsv", "../shared/data/wikiann/dev-hi.tsv",
+            "../shared/data/tatoeba"} <= inputs
