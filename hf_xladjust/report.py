@@ -33,7 +33,8 @@ Unlabelled sets (QA files with null scores, NER files with null gold tags) are l
 
 Writes `report.md` (all tables, each followed by the p-values behind its marks), `{task}.md` and
 `{task}.csv` (the table alone), and `report.json` with every mean,
-standard deviation over seeds (ddof=1), per-seed value and p-value.
+standard deviation over seeds (ddof=1), per-seed value and p-value; for retrieval tables also
+`{task}_layers.png`, the MRR of every model state at every layer.
 """
 import csv
 import io
@@ -611,6 +612,41 @@ def write_report(report: dict, output_dir: str) -> str:
     return markdown
 
 
+def plot_layer_curves(report: dict, output_dir: str) -> List[str]:
+    """`{task}_layers.png` for each retrieval table: MRR at every layer (hidden state 0 = embeddings), one
+    panel per column, one line per model state (mean over seeds), the best layer marked."""
+    tables = {task: t for task, t in report["tasks"].items() if task_kind(task) == "xsr"}
+    if not tables:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for task, t in tables.items():
+        columns = t["columns"]
+        fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3), sharey=True, squeeze=False)
+        for ax, col in zip(axes[0], columns):
+            for regime, cell in col["cells"].items():
+                mrr = 100 * np.asarray(cell["mrr_by_layer"])
+                line, = ax.plot(range(len(mrr)), mrr, marker=".", label=ROW_LABELS.get(regime, regime))
+                ax.plot([cell["best_layer"]], [mrr[cell["best_layer"]]], "o", color=line.get_color())
+            ax.set_title(col["label"])
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_xlabel("layer (hidden state)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("MRR x100")
+        axes[0][-1].legend(fontsize="small")
+        fig.suptitle(t["title"], fontsize="medium")
+        fig.tight_layout()
+        path = os.path.join(output_dir, f"{task}_layers.png")
+        fig.savefig(path, dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def log_to_wandb(report: dict, project: str) -> None:
     import wandb
 
@@ -647,7 +683,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"hf_xladjust.report: error: {e}", file=sys.stderr)
         return 1
     print(write_report(report, output_dir))
-    print(f"wrote {os.path.join(output_dir, 'report.md')}, report.json and one .md/.csv per task")
+    plots = plot_layer_curves(report, output_dir)
+    print(f"wrote {os.path.join(output_dir, 'report.md')}, report.json and one .md/.csv per task"
+          + "".join(f", {os.path.basename(p)}" for p in plots))
     if "wandb" in (args.report_to or ()):
         log_to_wandb(report, args.wandb_project)
     return 0

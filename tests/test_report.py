@@ -249,6 +249,9 @@ def test_task_variant_folders_are_tables_of_their_kind(tmp_path):
     by_folder = {t: report["tasks"][t]["columns"][0]["cells"]["original"]["metrics"]["mrr"]["mean"]
                  for t in ("xsr", "xsr_nli")}
     assert by_folder == {"xsr": pytest.approx(1 / 2), "xsr_nli": pytest.approx(1 / 4)}
+    assert main([str(results), "--output_dir", str(tmp_path / "out")]) == 0
+    for task in ("xsr", "xsr_nli"):  # the per-layer curves, one PNG per retrieval table
+        assert (tmp_path / "out" / f"{task}_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ReportArguments(split=["test", "ner=eval"]).split_of("ner_big") == "eval"
     with pytest.raises(ValueError, match="unknown task"):
         ReportArguments(tasks=["pos_nli"])
