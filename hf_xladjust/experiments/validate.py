@@ -2,7 +2,9 @@
 
 - every step's arguments against its script's own parser (a `build_parser()` in the script or module, as
   run_*.py and hf_xladjust.experiments.align have): an unknown flag such as `--num_trian_epochs`, a value of
-  the wrong type or outside its choices is an error naming the step;
+  the wrong type or outside its choices is an error naming the step. A script file is imported only when
+  its text defines `build_parser(`, so that a script of one's own (with top-level code) is never run here;
+  such scripts are not checked;
 - the model: a local folder that does not exist, or, offline, a Hub name that is not in the local cache.
 Only the flags are parsed (argparse level): the dataclasses are not built, so a GPU-only option such as
 `--bf16` can be checked on a CPU machine.
@@ -34,15 +36,20 @@ def _script_parser(step: Step) -> Optional[argparse.ArgumentParser]:
         key = os.path.normpath(os.path.join(step.workdir, step.script[0]))
 
         def load():
+            if not os.path.isfile(key):
+                raise InputError(f"step {step.name}: no script {key}")
+            with open(key, encoding="utf-8", errors="replace") as f:
+                if "def build_parser(" not in f.read():
+                    return None  # never import (run) a script that does not offer its parser
             name = "_grid_script_" + hashlib.sha1(key.encode()).hexdigest()[:12]
             spec = importlib.util.spec_from_file_location(name, key)
-            if spec is None or not os.path.isfile(key):
-                raise InputError(f"step {step.name}: no script {key}")
+            if spec is None:  # not a Python file name
+                return None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module
     if key not in _PARSERS:
-        build = getattr(load(), "build_parser", None)
+        build = getattr(load(), "build_parser", None)  # None: a script of its own, not checked
         _PARSERS[key] = build() if build is not None else None
     return _PARSERS[key]
 
