@@ -637,7 +637,8 @@ def plot_layer_curves(report: dict, output_dir: str) -> List[str]:
             ax.set_xlabel("layer (hidden state)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("MRR x100")
-        axes[0][-1].legend(fontsize="small")
+        handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines() if not h.get_label().startswith("_")}
+        axes[0][-1].legend(list(handles.values()), list(handles), fontsize="small")  # every state, in any panel
         fig.suptitle(t["title"], fontsize="medium")
         fig.tight_layout()
         path = os.path.join(output_dir, f"{task}_layers.png")
