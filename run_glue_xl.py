@@ -22,7 +22,6 @@ and recorded in `mixed_language_sets/`, so that every run seed evaluates the sam
 import logging
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -41,7 +40,7 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
-from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import ModelArguments, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.tasks.xnli import (
     LABELS,
     examples_to_columns,
@@ -139,11 +138,7 @@ def build_parser() -> HfArgumentParser:
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    else:
-        parsed = parser.parse_args_into_dataclasses()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parsed
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
 
     # Setup logging
     setup_logging(training_args, logger)

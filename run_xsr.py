@@ -36,7 +36,7 @@ import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
-from hf_xladjust.cli import ModelArguments, run_main, write_run_args
+from hf_xladjust.cli import ModelArguments, parse_arguments, run_main, write_run_args
 from hf_xladjust.evaluation.retrieval import (
     POOLINGS,
     SentenceRetrievalEvaluator,
@@ -147,10 +147,7 @@ def build_parser() -> HfArgumentParser:
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, xsr_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, xsr_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, xsr_args = parse_arguments(parser)
 
     # Setup logging
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",

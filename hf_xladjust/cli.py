@@ -35,6 +35,20 @@ class ModelArguments:
                 "trust_remote_code": self.trust_remote_code}
 
 
+def parse_arguments(parser) -> tuple:
+    """The HF examples' parsing (a single `.json` argument is a file of arguments), with the
+    `__post_init__` checks' ValueErrors turned into InputErrors, so that `run_main` reports them as
+    one line instead of a traceback."""
+    try:
+        if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+            return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+        return parser.parse_args_into_dataclasses()
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def setup_logging(training_args, logger: logging.Logger) -> None:
     """The HF examples' logging set-up: stdout, the process's log level for transformers, datasets,
     this package and the script's own logger."""

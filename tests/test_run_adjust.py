@@ -127,6 +127,17 @@ def test_out_of_range_pharaoh_index_fails_with_line(tmp_path, tiny_model_dir):
     assert_clean_failure(proc, out, "al.txt:5", "99")
 
 
+def test_pharaoh_without_alignment_file_is_a_one_line_error(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    proc = run_adjust("--model_name_or_path", tiny_model_dir, "--source_file", FIXTURES / "en.txt",
+                      "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
+                      "--output_dir", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "run_adjust.py: error: --aligner pharaoh needs --alignment_file (one line of i-j links per sentence pair)")
+    assert not out.exists()
+
+
 def test_empty_corpus_fails(tmp_path, tiny_model_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
