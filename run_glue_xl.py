@@ -40,7 +40,7 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
-from hf_xladjust.cli import ModelArguments, parse_arguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.tasks.xnli import (
     LABELS,
     examples_to_columns,
@@ -139,6 +139,8 @@ def build_parser() -> HfArgumentParser:
 def main():
     parser = build_parser()
     model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
+    check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
+                     training_args.resume_from_checkpoint)
 
     # Setup logging
     setup_logging(training_args, logger)
