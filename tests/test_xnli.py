@@ -88,6 +88,24 @@ def test_empty_and_undecodable_files(tmp_path):
     assert err.value.line == 2
 
 
+def test_a_header_line_is_reported(tmp_path, caplog):
+    """A header-only file is not called empty, and a skipped header is logged."""
+    only_header = write_tsv(tmp_path / "header.tsv", [("premise", "hypothesis", "label")])
+    with pytest.raises(InputError) as err:
+        read_xnli_tsv(only_header)
+    assert str(err.value) == f"{only_header}: no examples (only a header line)"
+    rows = write_tsv(tmp_path / "rows.tsv", [("sentence1", "sentence2", "gold_label"), ("A", "B", "neutral")])
+    with caplog.at_level("INFO", logger="hf_xladjust.tasks.xnli"):
+        assert len(read_xnli_tsv(rows)) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{rows}:1: skipped the header line 'sentence1\\tsentence2\\tgold_label'"]
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(InputError) as err:
+        read_xnli_tsv(str(empty))
+    assert str(err.value) == f"{empty}: no examples (the file is empty)"
+
+
 # --- mixed-language sets --------------------------------------------------------------------------
 
 def test_mixed_language_set_properties():
