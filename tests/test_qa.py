@@ -113,6 +113,18 @@ def test_malformed_squad_json_names_file_and_record(tmp_path, content, reason):
     assert reason in str(err.value)
 
 
+@pytest.mark.parametrize("start, reason", [
+    (1666, "answer 0 'b' lies beyond the context: answer_start 1666, the context has 3 characters"),
+    (3, "answer 0 'b' lies beyond the context: answer_start 3, the context has 3 characters"),
+    (-1, "answer 0 'b' has a negative answer_start -1"),
+])
+def test_answer_start_outside_the_context_says_so(tmp_path, start, reason):
+    path = squad_file(tmp_path / "bad.json", [("abc", [("q1", "?", [("b", start)])])])
+    with pytest.raises(InputError) as err:
+        read_squad_json(path)
+    assert str(err.value) == f"{path}: question 'q1' (data[0].paragraphs[0].qas[0]): {reason}"
+
+
 def test_invalid_json_names_line(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('{"data": [\n{"paragraphs": [}\n]}', encoding="utf-8")
