@@ -316,7 +316,8 @@ def main():
     if trainer.is_world_process_zero():
         continual = cont_args.enabled
         write_run_args(training_args.output_dir, model=model_args, data=data_args, mixed_language_seed=mixed_seed,
-                       labels=list(LABELS), continual=cont_args if continual else None,
+                       labels=list(LABELS), max_seq_length_used=max_seq_length,
+                       continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
                        training=training_args)
 

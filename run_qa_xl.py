@@ -364,7 +364,7 @@ def main():
     if trainer.is_world_process_zero():
         continual = cont_args.enabled
         write_run_args(training_args.output_dir, model=model_args, data=data_args,
-                       effective={"max_seq_length": max_seq_length, "doc_stride": doc_stride},
+                       max_seq_length_used=max_seq_length,
                        eval_sets={split: {s.name: {"source": s.source, "metric": s.metric, "lang": s.lang,
                                                    "labelled": s.labelled, "questions": len(s.examples)}
                                           for s in sets} for split, sets in eval_sets.items()},

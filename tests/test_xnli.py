@@ -319,6 +319,19 @@ def test_run_glue_xl_model_with_other_labels(tmp_path, tiny_model_dir, monkeypat
     assert err.value.path == str(tmp_path / "sst2")
 
 
+def test_run_args_record_the_max_seq_length_used(tmp_path, tiny_model_dir, monkeypatch):
+    """--max_seq_length over the model's limit is capped: run_args.json records both."""
+    data = tmp_path / "data"
+    out = tmp_path / "out"
+    run_main(monkeypatch, "--model_name_or_path", tiny_model_dir,
+             "--train_file", parallel_tsvs(data, ("en",), n=8, prefix="dev").format(lang="en"),
+             "--test_file_pattern", parallel_tsvs(data, ("en", "es"), n=4), "--eval_languages", "es",
+             "--do_train", "--do_predict", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
+             "--max_seq_length", "1000", "--output_dir", out)
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["data"]["max_seq_length"] == 1000 and run_args["max_seq_length_used"] == 64
+
+
 def test_run_glue_xl_continual(tmp_path, tiny_model_dir, monkeypatch):
     from hf_xladjust.alignment.pairs import AlignedPair, write_aligned_pairs
 
