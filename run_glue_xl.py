@@ -43,6 +43,7 @@ from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.tasks.xnli import (
     LABELS,
+    MIXED_LANGUAGE_SEED,
     examples_to_columns,
     load_nli_examples,
     mixed_language_set,
@@ -87,7 +88,7 @@ class DataTrainingArguments:
                           "(seeded random choice) is replaced by the English original of the same line."},
     )
     mixed_language_seed: int = field(
-        default=42,
+        default=MIXED_LANGUAGE_SEED,
         metadata={"help": "Seed of the premise/hypothesis choice; fixed, independent of --seed, so that every run "
                           "seed evaluates the same mixed-language set (as the paper)."},
     )
