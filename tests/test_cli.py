@@ -62,3 +62,31 @@ def test_check_output_dir_lets_overwrite_resume_and_the_grid_through(tmp_path):
     assert err.value.path == str(out)
     check_output_dir(str(out), "all_results.json", overwrite=True)
     check_output_dir(str(out), "all_results.json", overwrite=False, resume_from_checkpoint=str(out / "checkpoint-2"))
+
+
+def test_make_grid_demo_builds_the_model_folder_that_grid_demo_yaml_names():
+    """`make grid-demo` (dry run: nothing is executed) converts e5-small into the folder the config
+    names, with the vocabulary of its corpus, then runs the grid and its report; the README says how
+    to run things after `make install`."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "examples" / "grid_demo.yaml").read_text(encoding="utf-8"))
+    model, corpus = cfg["model_name_or_path"], cfg["parallel"]["es"]
+    proc = subprocess.run(["make", "-n", "-B", "grid-demo"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    convert = [ln for ln in lines if "-m hf_xladjust.offline_model" in ln]
+    assert len(convert) == 1 and f"--output_dir {model}.tmp --vocab_corpus {corpus}" in convert[0]
+    rest = lines[lines.index(convert[0]) + 1:]
+    assert rest[0] == f"mv {model}.tmp {model}"
+    assert any(ln.endswith("-m hf_xladjust.experiments examples/grid_demo.yaml") for ln in rest)
+    assert any(ln.endswith(f"-m hf_xladjust.report {cfg['results_dir']}") for ln in rest)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in readme and "make grid-demo" in readme
