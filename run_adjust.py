@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -29,7 +28,7 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
     write_aligned_pairs,
 )
-from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.files import write_json
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
@@ -59,10 +58,10 @@ def build_parser() -> HfArgumentParser:
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, file_args, data_args, loss_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        model_args, file_args, data_args, loss_args, training_args = parser.parse_args_into_dataclasses()
+    model_args, file_args, data_args, loss_args, training_args = parse_arguments(parser)
+    # run_args.json is the last file this script writes.
+    check_output_dir(training_args.output_dir, "run_args.json", training_args.overwrite_output_dir,
+                     training_args.resume_from_checkpoint)
 
     setup_logging(training_args, logger)
     logger.info(f"Training/evaluation parameters {training_args}")

@@ -127,6 +127,34 @@ def test_out_of_range_pharaoh_index_fails_with_line(tmp_path, tiny_model_dir):
     assert_clean_failure(proc, out, "al.txt:5", "99")
 
 
+def test_pharaoh_without_alignment_file_is_a_one_line_error(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    proc = run_adjust("--model_name_or_path", tiny_model_dir, "--source_file", FIXTURES / "en.txt",
+                      "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
+                      "--output_dir", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "run_adjust.py: error: --aligner pharaoh needs --alignment_file (one line of i-j links per sentence pair)")
+    assert not out.exists()
+
+
+def test_rerun_into_a_finished_adjustment_needs_overwrite_output_dir(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ("--model_name_or_path", tiny_model_dir, "--train_file", joined_corpus(tmp_path, "es"),
+            "--target_lang", "es", "--aligner", "pharaoh", "--alignment_file", diagonal_pharaoh(tmp_path / "al.txt"),
+            "--output_dir", out, "--per_device_train_batch_size", "12")
+    run_adjust(*args)
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    proc = run_adjust(*args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"run_adjust.py: error: {out}: holds a finished run (run_args.json); pass --overwrite_output_dir true "
+        "to replace it, or choose another --output_dir")
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights
+    run_adjust(*args, "--overwrite_output_dir", "true")
+    assert (out / "model.safetensors").stat().st_mtime_ns != weights
+
+
 def test_empty_corpus_fails(tmp_path, tiny_model_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -78,6 +78,8 @@ class AlignmentDataArguments:
             raise ValueError(f"--english_side must be source or target, got {self.english_side!r}")
         if self.source_lang and self.target_lang and self.source_lang == self.target_lang:
             raise ValueError(f"--source_lang and --target_lang are both {self.source_lang!r}")
+        if self.aligner == "pharaoh" and not self.alignment_file:
+            raise ValueError("--aligner pharaoh needs --alignment_file (one line of i-j links per sentence pair)")
         derived = self._english_side_from_languages()
         if self.english_side and derived and self.english_side != derived:
             raise ValueError(f"--english_side {self.english_side} contradicts --source_lang {self.source_lang} "
