@@ -2,10 +2,6 @@
 
     L = align_weight * mean‖f(t_i) − g(s_i)‖²  +  anchor_weight * mean‖f(s_j) − f0(s_j)‖²
 
-`align_objective="contrastive"` replaces the pull term (the first) by a symmetric InfoNCE over the
-linked words of the batch (Wu & Dredze 2020; Gaschi et al. 2023), see `info_nce`; the anchor term is
-the same for both objectives.
-
 with g = f (the paper's code, `pull_target="current"`) or g = f0 (Cao's variant, `"frozen"`). Word
 vectors pool a word's subword vectors at one layer; pooling is one scatter over the whole batch, so
 there is no per-word Python loop and no host-device synchronisation. Means are over elements
@@ -15,6 +11,10 @@ A batch whose links were all truncated away has a pull term of 0 (not the NaN of
 By default each term is one mean over the whole batch: every link weighs the same. The paper's code
 sums the means of sub-batches of 4 sentence pairs, so a link weighs 1/(links in its sub-batch) and
 the loss is about (batch / 4) times larger; `sub_batch_size=4` computes exactly that.
+
+`align_objective="contrastive"` (beyond the paper) replaces the pull term by a symmetric InfoNCE over
+the linked words of the batch (Wu & Dredze 2020; Gaschi et al. 2023), see `info_nce`; the anchor term
+is the same for both objectives.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -186,7 +186,8 @@ class AlignmentLoss(nn.Module):
     SEP<->SEP links (`link_special_tokens`) are left out of it: every sentence's CLS (and SEP) sits at
     the same position and they are near copies of each other, so as candidates they would ask the model
     to tell one sentence's CLS from another's (sentence-level contrast, not word alignment) and as
-    positives they are trivially matched. They stay in the anchor term, as with l2.
+    positives they are trivially matched. They stay in the anchor term, as with l2. Under several
+    processes the candidates are each process's own batch (nothing is gathered across ranks).
 
     `anchor_model` is f0: kept frozen and in eval mode, never registered as a submodule (so it is
     not saved, not optimised, not wrapped by DDP). Call it under the caller's autocast; the
