@@ -267,16 +267,18 @@ class AlignedPairDataset(torch.utils.data.Dataset):
             keep = (slot_links >= 0).all(axis=1)
             self.links_lost += int((~keep).sum())
             slot_links = slot_links[keep]
+            is_special = np.zeros(len(slot_links), dtype=bool)
             if link_special_tokens:  # CLS<->CLS, SEP<->SEP: the special slots follow the word slots
                 s_special = np.arange(s_map.max() + 1, s_slot.max() + 1)
                 t_special = np.arange(t_map.max() + 1, t_slot.max() + 1)
                 if len(s_special) == len(t_special):
                     slot_links = np.concatenate([slot_links, np.stack([s_special, t_special], axis=1)])
+                    is_special = np.concatenate([is_special, np.ones(len(s_special), dtype=bool)])
                     self.special_links += len(s_special)
             self.features.append({
                 "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max()) + 1,
                 "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max()) + 1,
-                "links": slot_links,
+                "links": slot_links, "link_is_special": is_special,
             })
         if self.links_lost:
             logger.warning("%d links dropped: their words were truncated at max_length=%d",
@@ -302,8 +304,10 @@ class AlignedPairCollator:
 
     Output keys: `{src,tgt}_input_ids`, `{src,tgt}_attention_mask`, `{src,tgt}_token_slot` (-1 on
     padding and on a word cut by truncation), `{src,tgt}_num_slots` (int),
-    `src_link_slots`/`tgt_link_slots` (one entry per link), and the sentence (row) each link and each
-    source slot belongs to, `link_sentence` and `src_slot_sentence` (for per-sub-batch means)."""
+    `src_link_slots`/`tgt_link_slots` (one entry per link), the sentence (row) each link and each
+    source slot belongs to, `link_sentence` and `src_slot_sentence` (for per-sub-batch means), and
+    `word_links`, the positions of the links between words, i.e. not CLS<->CLS or SEP<->SEP (for the
+    contrastive objective; computed here so that the loss selects them without a host sync)."""
 
     pad_token_id: int
 
@@ -330,5 +334,7 @@ class AlignedPairCollator:
         batch["link_sentence"] = torch.as_tensor(np.repeat(rows, [len(ln) for ln in links]), dtype=torch.long)
         batch["src_slot_sentence"] = torch.as_tensor(
             np.repeat(rows, [f["src_num_slots"] for f in features]), dtype=torch.long)
+        special = np.concatenate([f.get("link_is_special", np.zeros(len(f["links"]), dtype=bool)) for f in features])
+        batch["word_links"] = torch.as_tensor(np.flatnonzero(~special), dtype=torch.long)
         return batch
 
