@@ -142,7 +142,8 @@ def main(argv=None):
     cmd = [sys.executable, os.path.join(ROOT, "run_adjust.py"), "--model_name_or_path", model_dir,
            "--train_file", train_file, "--aligner", "pharaoh", "--alignment_file", align_file,
            "--source_lang", "en", "--target_lang", args.target_lang, "--output_dir", adjusted,
-           "--report_to", "none", "--disable_tqdm", "True", "--logging_steps", "5"]
+           "--report_to", "none", "--disable_tqdm", "True", "--logging_steps", "5",
+           "--overwrite_output_dir", "true"]  # `make demo` again (or another DEMO_LANG) replaces the last run
     cmd += [x for k, v in settings.items() for x in (f"--{k}", str(v))]
     run(cmd, os.path.join(out, "run_adjust.log"))
     with open(os.path.join(adjusted, "alignment_stats.json")) as f:

@@ -9,60 +9,42 @@ save); the reusable parts live in `hf_xladjust`. Example:
         --output_dir out/adjusted-es
 
 The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--english_side target`):
-English is the side the anchor term keeps near the original model.
+English is the side the anchor term keeps near the original model. Several target languages in one
+run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags.
 """
 import copy
 import json
 import logging
 import os
-import sys
-from dataclasses import dataclass, field
-from typing import Optional
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser, set_seed
 
 from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments
+from hf_xladjust.alignment.multilingual import AdjustDataArguments, build_multilingual_pairs, links_trained_by_language
 from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
     AlignedPairDataset,
-    AlignmentDataArguments,
     build_aligned_pairs,
     write_aligned_pairs,
 )
-from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.files import write_json
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ParallelFileArguments:
-    source_file: Optional[str] = field(default=None, metadata={"help": "Source-language side, one sentence a line."})
-    target_file: Optional[str] = field(default=None, metadata={"help": "Target-language side, line-aligned."})
-    train_file: Optional[str] = field(default=None, metadata={"help": "One file of 'source ||| target' lines."})
-
-    def __post_init__(self):
-        if bool(self.train_file) == bool(self.source_file or self.target_file):
-            raise ValueError("give either --train_file or both --source_file and --target_file")
-        if not self.train_file and not (self.source_file and self.target_file):
-            raise ValueError("--source_file and --target_file go together")
-
-
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser(
-        (ModelArguments, ParallelFileArguments, AlignmentDataArguments, AlignmentLossArguments,
-         AdjustTrainingArguments)
-    )
+    return HfArgumentParser((ModelArguments, AdjustDataArguments, AlignmentLossArguments, AdjustTrainingArguments))
 
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, file_args, data_args, loss_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        model_args, file_args, data_args, loss_args, training_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, loss_args, training_args = parse_arguments(parser)
+    # run_args.json is the last file this script writes.
+    check_output_dir(training_args.output_dir, "run_args.json", training_args.overwrite_output_dir,
+                     training_args.resume_from_checkpoint)
 
     setup_logging(training_args, logger)
     logger.info(f"Training/evaluation parameters {training_args}")
@@ -70,11 +52,14 @@ def main():
     set_seed(training_args.seed)
 
     # Parallel data -> aligned word pairs. Everything is read and checked before anything is written.
+    # With --parallel, each language's corpus on its own, then pooled (the Trainer's sampler shuffles the pool).
+    cache_dir = os.path.join(training_args.output_dir, "alignment_cache")
     with training_args.main_process_first(desc="word alignment"):
-        pairs, stats = build_aligned_pairs(
-            data_args, file_args.source_file, file_args.target_file, file_args.train_file,
-            seed=training_args.seed, cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
-        )
+        if data_args.parallel:
+            pairs, stats = build_multilingual_pairs(data_args, seed=training_args.seed, cache_dir=cache_dir)
+        else:
+            pairs, stats = build_aligned_pairs(data_args, data_args.source_file, data_args.target_file,
+                                               data_args.train_file, seed=training_args.seed, cache_dir=cache_dir)
     logger.info("Aligned pairs: %s", json.dumps(stats))
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
@@ -89,6 +74,9 @@ def main():
     train_dataset = AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
     stats["links_truncated"] = train_dataset.links_lost
     stats["links_special_tokens"] = train_dataset.special_links  # CLS<->CLS, SEP<->SEP (--link_special_tokens)
+    if data_args.parallel:
+        for lang, links in links_trained_by_language(train_dataset).items():
+            stats["languages"][lang]["links_truncated"] = stats["languages"][lang]["links_kept"] - links
 
     trainer = AdjustTrainer(
         model=model,
@@ -113,7 +101,7 @@ def main():
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        write_run_args(training_args.output_dir, model=model_args, files=file_args, alignment=data_args,
+        write_run_args(training_args.output_dir, model=model_args, alignment=data_args,
                        loss=loss_args, training=training_args)
 
 

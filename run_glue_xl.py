@@ -22,7 +22,6 @@ and recorded in `mixed_language_sets/`, so that every run seed evaluates the sam
 import logging
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -41,9 +40,10 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
-from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.tasks.xnli import (
     LABELS,
+    MIXED_LANGUAGE_SEED,
     examples_to_columns,
     load_nli_examples,
     mixed_language_set,
@@ -88,7 +88,7 @@ class DataTrainingArguments:
                           "(seeded random choice) is replaced by the English original of the same line."},
     )
     mixed_language_seed: int = field(
-        default=42,
+        default=MIXED_LANGUAGE_SEED,
         metadata={"help": "Seed of the premise/hypothesis choice; fixed, independent of --seed, so that every run "
                           "seed evaluates the same mixed-language set (as the paper)."},
     )
@@ -139,11 +139,9 @@ def build_parser() -> HfArgumentParser:
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    else:
-        parsed = parser.parse_args_into_dataclasses()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parsed
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
+    check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
+                     training_args.resume_from_checkpoint)
 
     # Setup logging
     setup_logging(training_args, logger)
@@ -319,7 +317,8 @@ def main():
     if trainer.is_world_process_zero():
         continual = cont_args.enabled
         write_run_args(training_args.output_dir, model=model_args, data=data_args, mixed_language_seed=mixed_seed,
-                       labels=list(LABELS), continual=cont_args if continual else None,
+                       labels=list(LABELS), max_seq_length_used=max_seq_length,
+                       continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
                        training=training_args)
 

@@ -22,7 +22,6 @@ counted); an unlabelled set (XTREME's test files) gets predictions only. Example
 import logging
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -42,7 +41,7 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
-from hf_xladjust.cli import ModelArguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.evaluation.tagging import tagging_metrics
 from hf_xladjust.tasks.ner import (
     LABELS,
@@ -147,11 +146,9 @@ def build_parser() -> HfArgumentParser:
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        parsed = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    else:
-        parsed = parser.parse_args_into_dataclasses()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parsed
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
+    check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
+                     training_args.resume_from_checkpoint)
 
     # Setup logging
     setup_logging(training_args, logger)

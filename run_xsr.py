@@ -36,7 +36,7 @@ import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
-from hf_xladjust.cli import ModelArguments, run_main, write_run_args
+from hf_xladjust.cli import OVERWRITE_HELP, ModelArguments, check_output_dir, parse_arguments, run_main, write_run_args
 from hf_xladjust.evaluation.retrieval import (
     POOLINGS,
     SentenceRetrievalEvaluator,
@@ -128,6 +128,7 @@ class RetrievalArguments:
     bf16: bool = field(default=False, metadata={"help": "Forward pass under bf16 autocast (scores stay fp32)."})
     seed: int = field(default=42, metadata={"help": "Recorded only: retrieval draws nothing at random."})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
         if self.direction not in DIRECTION_CHOICES:
@@ -147,10 +148,8 @@ def build_parser() -> HfArgumentParser:
 
 def main():
     parser = build_parser()
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, xsr_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, xsr_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, xsr_args = parse_arguments(parser)
+    check_output_dir(xsr_args.output_dir, "all_results.json", xsr_args.overwrite_output_dir)
 
     # Setup logging
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",

@@ -35,6 +35,35 @@ class ModelArguments:
                 "trust_remote_code": self.trust_remote_code}
 
 
+def parse_arguments(parser) -> tuple:
+    """The HF examples' parsing (a single `.json` argument is a file of arguments), with the
+    `__post_init__` checks' ValueErrors turned into InputErrors, so that `run_main` reports them as
+    one line instead of a traceback."""
+    try:
+        if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+            return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+        return parser.parse_args_into_dataclasses()
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+OVERWRITE_HELP = ("Run into an --output_dir that already holds a finished run, replacing its results; without "
+                  "it (or --resume_from_checkpoint) the script refuses, as the HF examples do.")
+
+
+def check_output_dir(output_dir: str, finished_file: str, overwrite: bool,
+                     resume_from_checkpoint: Optional[str] = None) -> None:
+    """Refuse to retrain silently over a finished run: `finished_file` is what the script writes once it
+    is done. The grid never trips on it: it empties a step's folder first, or resumes it."""
+    if overwrite or resume_from_checkpoint:
+        return
+    if os.path.exists(os.path.join(output_dir, finished_file)):
+        raise InputError(f"holds a finished run ({finished_file}); pass --overwrite_output_dir true to "
+                         "replace it, or choose another --output_dir", output_dir)
+
+
 def setup_logging(training_args, logger: logging.Logger) -> None:
     """The HF examples' logging set-up: stdout, the process's log level for transformers, datasets,
     this package and the script's own logger."""

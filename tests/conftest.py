@@ -101,6 +101,41 @@ def independent_pull_mse(model, tokenizer, pairs):
     return torch.stack(diffs).pow(2).mean().item()
 
 
+def independent_info_nce(src_model, tgt_model, tokenizer, pairs, temperature):
+    """The contrastive pull term computed plainly, in float64 with Python loops: word vectors as in
+    `independent_pull_mse` (source words from `src_model`, target words from `tgt_model`), one entry per
+    word link (no CLS/SEP), logits_ij = cos(s_i, t_j) / τ, and the cross-entropy of the diagonal with the
+    log-sum-exp written out, averaged over the pairs and the two directions."""
+    import math
+
+    import torch
+
+    def word_vectors(model, words):
+        enc = tokenizer(words, is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            h = model(**enc).last_hidden_state[0].double()
+        ids = enc.word_ids()
+        return {k: h[[i for i, w in enumerate(ids) if w == k]].mean(0) for k in set(ids) - {None}}
+
+    s, t = [], []
+    for p in pairs:
+        src, tgt = word_vectors(src_model, p.src), word_vectors(tgt_model, p.tgt)
+        s += [src[i].tolist() for i, _ in p.links]
+        t += [tgt[j].tolist() for _, j in p.links]
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    n = len(s)
+    logits = [[cos(s[i], t[j]) / temperature for j in range(n)] for i in range(n)]
+
+    def cross_entropy(rows):
+        return sum(math.log(sum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(rows)) / n
+
+    columns = [[logits[i][j] for i in range(n)] for j in range(n)]
+    return (cross_entropy(logits) + cross_entropy(columns)) / 2
+
+
 def paper_sentence_vectors(model, tokenizer, words):
     """One sentence as the paper's code packs it: [CLS], each word (mean of its subword vectors), [SEP]
     (last layer), computed plainly with the tokenizer and model."""

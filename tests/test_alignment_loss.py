@@ -1,12 +1,13 @@
-"""Word pooling, slot bookkeeping (subword splits, truncation) and the value of Eq. 1."""
+"""Word pooling, slot bookkeeping (subword splits, truncation), the value of Eq. 1 and of the
+contrastive objective."""
 import copy
 
 import pytest
 import torch
-from conftest import fixture_lines, independent_pull_mse
+from conftest import fixture_lines, independent_info_nce, independent_pull_mse
 from transformers import AutoModel, AutoTokenizer
 
-from hf_xladjust.alignment.loss import AlignmentLoss, pool_words
+from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, info_nce, pool_words
 from hf_xladjust.alignment.pairs import AlignedPair, AlignedPairCollator, AlignedPairDataset
 
 
@@ -113,3 +114,95 @@ def test_only_the_trained_model_gets_gradients(tiny):
     assert all(p.grad is None and not p.requires_grad for p in f0.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
     assert not list(loss_fn.parameters())  # f0 is not registered: never saved or optimised
+
+
+# ---- the contrastive objective ------------------------------------------------------------------------------------
+def moved_copy(model, scale=0.5, seed=0):
+    moved = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in moved.encoder.layer[-1].output.dense.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return moved
+
+
+@pytest.mark.parametrize("pull_target", ["current", "frozen"])
+def test_contrastive_matches_independent_computation(tiny, pull_target):
+    tok, model = tiny
+    en, es = [ln.split() for ln in fixture_lines("en")], [ln.split() for ln in fixture_lines("es")]
+    pairs = [AlignedPair(s, t, [(0, 0), (1, 1)]) for s, t in zip(en[:3], es[:3])]  # 6 word links
+    trained, f0 = moved_copy(model), copy.deepcopy(model)
+    src_model = f0 if pull_target == "frozen" else trained
+    expected = independent_info_nce(src_model, trained, tok, pairs, temperature=0.07)
+    l2 = AlignmentLoss(f0, pull_target=pull_target, anchor_weight=0.5, align_weight=0.3)
+    contrastive = AlignmentLoss(f0, pull_target=pull_target, anchor_weight=0.5, align_weight=0.3,
+                                align_objective="contrastive", align_temperature=0.07)
+    for specials in (False, True):  # CLS<->CLS and SEP<->SEP links do not enter the InfoNCE
+        features = AlignedPairDataset(pairs, tok, link_special_tokens=specials)
+        batch = AlignedPairCollator(tok.pad_token_id)(list(features))
+        assert len(batch["src_link_slots"]) == 6 + 6 * specials and len(batch["word_links"]) == 6
+        out = contrastive(trained, batch)
+        assert out["align_loss"].dtype == torch.float32 and out["num_links"] == 6
+        assert out["align_loss"].item() == pytest.approx(expected, abs=1e-5)
+        # the anchor term is the l2 objective's, weighted the same
+        assert out["anchor_loss"].item() > 1e-4
+        assert out["anchor_loss"].item() == pytest.approx(l2(trained, batch)["anchor_loss"].item(), rel=1e-6)
+        assert out["loss"].item() == pytest.approx(0.3 * expected + 0.5 * out["anchor_loss"].item(), abs=1e-5)
+
+
+def test_info_nce_edge_cases_and_fp32_under_autocast():
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(7, 16, generator=gen), torch.randn(7, 16, generator=gen)
+    value = info_nce(src, tgt, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the matmul must not drop to bf16
+        assert torch.equal(info_nce(src, tgt, 0.1), value)
+    # scale-free (cosine), symmetric in its two sides, and the same under a permutation of the pairs
+    perm = torch.randperm(7, generator=gen)
+    assert info_nce(3 * src, tgt, 0.1).item() == pytest.approx(value.item(), rel=1e-6)
+    assert info_nce(tgt, src, 0.1).item() == pytest.approx(value.item(), rel=1e-6)
+    assert info_nce(src[perm], tgt[perm], 0.1).item() == pytest.approx(value.item(), rel=1e-6)
+    # no links: 0 with a gradient path, not NaN; one link: no negatives, 0
+    empty = torch.zeros(0, 16, requires_grad=True)
+    zero = info_nce(empty, empty, 0.1)
+    zero.backward()
+    assert zero.item() == 0.0 and empty.grad is not None
+    assert info_nce(src[:1], tgt[:1], 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    # identical sides score better than unrelated ones
+    assert info_nce(src, src, 0.1) < value
+
+
+def test_l2_objective_is_the_default_and_unchanged(tiny):
+    tok, model = tiny
+    en, es = [ln.split() for ln in fixture_lines("en")], [ln.split() for ln in fixture_lines("es")]
+    pairs = [AlignedPair(s, t, [(0, 0), (1, 1)]) for s, t in zip(en[:4], es[:4])]
+    batch = AlignedPairCollator(tok.pad_token_id)(list(AlignedPairDataset(pairs, tok, link_special_tokens=True)))
+    trained, f0 = moved_copy(model), copy.deepcopy(model)
+    default, explicit = AlignmentLoss(f0)(trained, batch), AlignmentLoss(f0, align_objective="l2")(trained, batch)
+    assert AlignmentLossArguments().align_objective == "l2"
+    assert all(torch.equal(default[k], explicit[k]) for k in ("loss", "align_loss", "anchor_loss"))
+    assert default["num_links"] == len(batch["src_link_slots"]) == 16  # the l2 pull keeps the CLS/SEP links
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(align_objective="cosine"), "--align_objective must be one of"),
+    (dict(align_temperature=0.0), "--align_temperature must be positive, got 0.0"),
+    (dict(align_temperature=-0.1), "--align_temperature must be positive"),
+    (dict(align_temperature=float("nan")), "--align_temperature must be positive"),
+    (dict(align_objective="contrastive", sub_batch_size=4), "--sub_batch_size"),
+])
+def test_bad_contrastive_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AlignmentLossArguments(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        AlignmentLoss(None, anchor_weight=0.0, **kwargs)
+
+
+def test_contrastive_batch_with_only_special_links_has_pull_term_zero(tiny):
+    tok, model = tiny
+    pairs = [AlignedPair("a b".split(), "c d".split(), []), AlignedPair("e f".split(), "g h".split(), [])]
+    batch = AlignedPairCollator(tok.pad_token_id)(list(AlignedPairDataset(pairs, tok, link_special_tokens=True)))
+    trained = copy.deepcopy(model).train().requires_grad_(True)
+    out = AlignmentLoss(copy.deepcopy(model), align_objective="contrastive")(trained, batch)
+    assert len(batch["src_link_slots"]) == 4 and out["num_links"] == 0 and out["align_loss"].item() == 0.0
+    out["loss"].backward()  # counted as a batch without links by the trainers; finite, no NaN
+    assert all(torch.isfinite(p.grad).all() for p in trained.parameters() if p.grad is not None)

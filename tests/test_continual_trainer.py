@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import free_port, independent_pull_mse
+from conftest import free_port, independent_info_nce, independent_pull_mse
 from ddp_continual_script import side_pairs, task_dataset
 from transformers import (
     AutoModel,
@@ -122,6 +122,45 @@ def test_step_loss_is_task_plus_weighted_alignment_terms(tiny_model_dir, tok, si
     ours = trainer.evaluate(eval_data)
     assert ours["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-6)
     assert "eval_align_loss" not in ours and "align_loss" not in trainer.state.log_history[-1]
+
+
+def test_contrastive_side_batch(tiny_model_dir, tok, side, f0, tmp_path):
+    """--align_objective contrastive in the side batch: the step's loss is task + α·InfoNCE + anchor, the
+    InfoNCE as computed by hand; training logs it as align_loss."""
+    model = task_model(tiny_model_dir)
+    loss_fn = AlignmentLoss(f0, anchor_weight=0.7, align_weight=0.3, align_objective="contrastive",
+                            align_temperature=0.2)
+    trainer = make_trainer(tok, model, targs(tmp_path), side, loss_fn, align_batch_size=4)
+    picked = [0, 3, 3, 17]  # a pair drawn twice puts copies of its positives among the negatives: kept as drawn
+    trainer._side_indices = lambda step: picked
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model.train()
+    loss = trainer.compute_loss(model, inputs)
+    with torch.no_grad():
+        task = model(**inputs).loss.item()
+    pairs = [side.pairs[i] for i in picked]
+    encoder = encoder_of(model)
+    nce = independent_info_nce(encoder, encoder, tok, pairs, temperature=0.2)
+    anchor = independent_anchor_mse(encoder, f0, tok, pairs)
+    assert loss.item() == pytest.approx(task + 0.3 * nce + 0.7 * anchor, rel=1e-5)
+    assert trainer._metrics[("train", "align_loss")][0].item() == pytest.approx(nce, rel=1e-5)
+
+    trainer = make_trainer(tok, task_model(tiny_model_dir), targs(tmp_path / "train"), side, loss_fn,
+                           align_batch_size=4)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 3 and all(h["align_loss"] > 0 and h["anchor_loss"] > 0 for h in logged)
+
+
+@pytest.mark.parametrize("script", ["run_glue_xl", "run_ner_xl", "run_qa_xl"])
+def test_scripts_take_the_contrastive_flags(script):
+    import importlib
+
+    parser = importlib.import_module(script).build_parser()
+    *_, loss_args, _ = parser.parse_args_into_dataclasses(
+        ["--model_name_or_path", "m", "--output_dir", "o", "--align_objective", "contrastive",
+         "--align_temperature", "0.05"], look_for_args_file=False)
+    assert (loss_args.align_objective, loss_args.align_temperature) == ("contrastive", 0.05)
 
 
 def test_side_indices_depend_on_seed_rank_step_and_repeat(tiny_model_dir, tok, side, tmp_path, monkeypatch):
@@ -299,6 +338,10 @@ def test_arguments_and_anchor_resolution(tiny_model_dir, tok, side, tmp_path):
     assert kw["alignment_loss"].align_weight == 0.02 and kw["alignment_loss"].anchor_weight == 1.0
     assert not kw["alignment_loss"].anchor_model.training
     assert continual_kwargs(ContinualAlignArguments(), None, None, tok, tiny_model_dir, seed=3) == {}
+    contrastive = AlignmentLossArguments(align_objective="contrastive", align_temperature=0.05)
+    loss = continual_kwargs(cont, AlignmentDataArguments(target_lang="es", max_sentences=10), contrastive, tok,
+                            str(adjusted), seed=3)["alignment_loss"]
+    assert (loss.align_objective, loss.align_temperature, loss.align_weight) == ("contrastive", 0.05, 0.02)
 
 
 def test_model_arguments_reach_the_config_and_f0(tiny_model_dir, tok, side, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
 )
 from hf_xladjust.sampling import subsample_indices
-from hf_xladjust.tasks.xnli import LABELS, build_mixed_language, read_xnli_tsv
+from hf_xladjust.tasks.xnli import LABELS, MIXED_LANGUAGE_SEED, build_mixed_language, read_xnli_tsv
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments
 from hf_xladjust.trainers.continual import ContinualAlignTrainer
 
@@ -358,11 +358,11 @@ def test_every_seed_evaluates_the_same_mixed_set(tmp_path, tiny_model_dir, monke
     sides_1 = predict_mixed(monkeypatch, tiny_model_dir, pattern, tmp_path / "s1", "--seed", "1")
     sides_2 = predict_mixed(monkeypatch, tiny_model_dir, pattern, tmp_path / "s2", "--seed", "2")
     target, english = (read_xnli_tsv(pattern.format(lang=lang)) for lang in ("es", "en"))
-    expected = [m.english_side for m in build_mixed_language(target, english, seed=42)]
+    expected = [m.english_side for m in build_mixed_language(target, english, seed=MIXED_LANGUAGE_SEED)]
     assert sides_1 == sides_2 == expected
     assert len(set(expected)) == 2
     recorded = json.loads((tmp_path / "s1" / "mixed_language_sets" / "test_mixed_es.json").read_text())
-    assert recorded["english_side"] == expected and recorded["seed"] == 42
+    assert recorded["english_side"] == expected and recorded["seed"] == MIXED_LANGUAGE_SEED
 
     # a recorded set is reused as it is: here one edited by hand to put English on the hypothesis side
     shared = tmp_path / "shared"

@@ -338,6 +338,17 @@ def test_run_ner_xl_end_to_end_defaults_and_hub(tmp_path, tiny_model_dir, monkey
         assert hub == first[:2]
 
 
+def test_run_args_record_the_max_seq_length_used(tmp_path, tiny_model_dir, monkeypatch):
+    """--max_seq_length over the model's limit is capped: run_args.json records both."""
+    out = tmp_path / "out"
+    run_script(monkeypatch, "--model_name_or_path", tiny_model_dir, "--train_file", train_file_of(tmp_path, 8),
+               "--validation_file_pattern", NER / "dev-{lang}.tsv", "--eval_languages", "es", "--do_train",
+               "--do_eval", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
+               "--max_seq_length", "1000", "--output_dir", out)
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["data"]["max_seq_length"] == 1000 and run_args["max_seq_length_used"] == 64
+
+
 def test_run_ner_xl_continual(tmp_path, tiny_model_dir, monkeypatch):
     from hf_xladjust.alignment.pairs import AlignedPair, write_aligned_pairs
 

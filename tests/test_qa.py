@@ -113,6 +113,18 @@ def test_malformed_squad_json_names_file_and_record(tmp_path, content, reason):
     assert reason in str(err.value)
 
 
+@pytest.mark.parametrize("start, reason", [
+    (1666, "answer 0 'b' lies beyond the context: answer_start 1666, the context has 3 characters"),
+    (3, "answer 0 'b' lies beyond the context: answer_start 3, the context has 3 characters"),
+    (-1, "answer 0 'b' has a negative answer_start -1"),
+])
+def test_answer_start_outside_the_context_says_so(tmp_path, start, reason):
+    path = squad_file(tmp_path / "bad.json", [("abc", [("q1", "?", [("b", start)])])])
+    with pytest.raises(InputError) as err:
+        read_squad_json(path)
+    assert str(err.value) == f"{path}: question 'q1' (data[0].paragraphs[0].qas[0]): {reason}"
+
+
 def test_invalid_json_names_line(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('{"data": [\n{"paragraphs": [}\n]}', encoding="utf-8")
@@ -413,7 +425,7 @@ def test_run_qa_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     assert run_args["eval_sets"]["eval"]["mlqa_es-c_es-q"] == {
         "source": str(QA / "mlqa/dev/dev-context-es-question-es.json"), "metric": "mlqa", "lang": "es",
         "labelled": True, "questions": 3}
-    assert run_args["effective"] == {"max_seq_length": 64, "doc_stride": 16} and run_args["continual"] is None
+    assert run_args["max_seq_length_used"] == 64 and run_args["continual"] is None
     xl = [json.loads(ln) for ln in (out / "predictions_test_xquad_en-q_es-c.jsonl").read_text().splitlines()]
     assert xl[1]["answers"] == ["a las siete"]  # answers follow the paragraph's language
     # every prediction is a piece of its context
@@ -473,6 +485,17 @@ def test_run_qa_xl_defaults_reach_the_trainer(tmp_path, monkeypatch):
     context0, context1 = ids[0][question + 2:-1], ids[1][question + 2:-1]
     assert context0[-128:] == context1[:128]  # the stride: 128 context tokens shared by consecutive windows
     assert json.loads((out / "trainer_state.json").read_text())["train_batch_size"] == 32
+
+
+def test_run_args_record_the_max_seq_length_used(tmp_path, tiny_model_dir, monkeypatch):
+    """--max_seq_length over the model's limit is capped: run_args.json records both."""
+    out = tmp_path / "out"
+    run_script(monkeypatch, "--model_name_or_path", tiny_model_dir, "--train_file", QA / "train.json",
+               "--xquad_dir", QA, "--eval_languages", "es", "--no_cross_lingual_eval", "--do_train", "--do_predict",
+               "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--max_seq_length", "1000",
+               "--doc_stride", "16", "--output_dir", out)
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["data"]["max_seq_length"] == 1000 and run_args["max_seq_length_used"] == 64
 
 
 def test_run_qa_xl_continual(tmp_path, tiny_model_dir, monkeypatch):

@@ -12,6 +12,7 @@ from conftest import (
     build_tiny_model,
     fixture_lines,
     free_port,
+    independent_info_nce,
     independent_pull_mse,
     paper_alignment_terms,
 )
@@ -75,6 +76,50 @@ def test_logged_align_loss_equals_independent_mse(tmp_path, no_dropout_model):
     assert json.loads((out / "train_results.json").read_text())["batches_without_links"] == 0
 
 
+def test_contrastive_objective_decreases_and_is_recorded(tmp_path, no_dropout_model):
+    """--align_objective contrastive: the first logged align_loss is the InfoNCE of the start model computed
+    by hand, and a few steps on the same batch (all 12 pairs) bring it down."""
+    out = tmp_path / "out"
+    run_adjust("--model_name_or_path", no_dropout_model, "--source_file", FIXTURES / "en.txt",
+               "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
+               "--alignment_file", diagonal_pharaoh(tmp_path / "al.txt"), "--output_dir", out,
+               "--align_objective", "contrastive", "--per_device_train_batch_size", "12", "--max_steps", "5",
+               "--warmup_ratio", "0", "--learning_rate", "1e-3", "--logging_steps", "1")
+    logged = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "align_loss" in h]
+    pairs = read_aligned_pairs(str(out / "aligned_pairs.jsonl"))
+    start = AutoModel.from_pretrained(no_dropout_model).eval()
+    tok = AutoTokenizer.from_pretrained(no_dropout_model)
+    assert logged[0]["align_loss"] == pytest.approx(independent_info_nce(start, start, tok, pairs, 0.1), rel=1e-4)
+    losses = [h["align_loss"] for h in logged]
+    assert len(losses) == 5 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert logged[-1]["anchor_loss"] > 0 and logged[-1]["batches_without_links"] == 0
+    loss_args = json.loads((out / "run_args.json").read_text())["loss"]
+    assert (loss_args["align_objective"], loss_args["align_temperature"]) == ("contrastive", 0.1)
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--align_objective", "cosine"], 2),  # argparse: "invalid choice: 'cosine' (choose from 'l2', 'contrastive')"
+    (["--align_temperature", "0"], "run_adjust.py: error: --align_temperature must be positive, got 0.0"),
+    (["--align_temperature", "-0.5"], "run_adjust.py: error: --align_temperature must be positive, got -0.5"),
+    (["--align_objective", "contrastive", "--sub_batch_size", "4"],
+     "run_adjust.py: error: --sub_batch_size is the paper's l2 loop; the contrastive objective takes its "
+     "candidates from the whole batch (drop --sub_batch_size)"),
+])
+def test_bad_objective_arguments_are_one_line_errors(tmp_path, tiny_model_dir, monkeypatch, capsys, args, code):
+    import run_adjust
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["run_adjust.py", "--model_name_or_path", str(tiny_model_dir), "--train_file",
+                                      str(joined_corpus(tmp_path, "es")), "--output_dir", str(out), *args])
+    with pytest.raises(SystemExit) as err:
+        run_adjust.run_main(run_adjust.main)
+    assert err.value.code == code
+    if code == 2:
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--align_objective" in last and "invalid choice: 'cosine'" in last and "contrastive" in last
+    assert not out.exists()
+
+
 def test_eflomal_run_trains_and_saves_a_loadable_encoder(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     run_adjust("--model_name_or_path", tiny_model_dir, "--train_file", joined_corpus(tmp_path, "ru"),
@@ -125,6 +170,34 @@ def test_out_of_range_pharaoh_index_fails_with_line(tmp_path, tiny_model_dir):
                       "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
                       "--alignment_file", al, "--output_dir", out, check=False)
     assert_clean_failure(proc, out, "al.txt:5", "99")
+
+
+def test_pharaoh_without_alignment_file_is_a_one_line_error(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    proc = run_adjust("--model_name_or_path", tiny_model_dir, "--source_file", FIXTURES / "en.txt",
+                      "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
+                      "--output_dir", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "run_adjust.py: error: --aligner pharaoh needs --alignment_file (one line of i-j links per sentence pair)")
+    assert not out.exists()
+
+
+def test_rerun_into_a_finished_adjustment_needs_overwrite_output_dir(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ("--model_name_or_path", tiny_model_dir, "--train_file", joined_corpus(tmp_path, "es"),
+            "--target_lang", "es", "--aligner", "pharaoh", "--alignment_file", diagonal_pharaoh(tmp_path / "al.txt"),
+            "--output_dir", out, "--per_device_train_batch_size", "12")
+    run_adjust(*args)
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    proc = run_adjust(*args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"run_adjust.py: error: {out}: holds a finished run (run_args.json); pass --overwrite_output_dir true "
+        "to replace it, or choose another --output_dir")
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights
+    run_adjust(*args, "--overwrite_output_dir", "true")
+    assert (out / "model.safetensors").stat().st_mtime_ns != weights
 
 
 def test_empty_corpus_fails(tmp_path, tiny_model_dir):

@@ -12,6 +12,7 @@ from transformers import AutoConfig, BertConfig
 from hf_xladjust.errors import InputError
 from hf_xladjust.tasks.xnli import (
     LABELS,
+    MIXED_LANGUAGE_SEED,
     MixedNLIExample,
     NLIExample,
     accuracy,
@@ -86,6 +87,24 @@ def test_empty_and_undecodable_files(tmp_path):
     with pytest.raises(InputError, match="UTF-8") as err:
         read_xnli_tsv(str(bad))
     assert err.value.line == 2
+
+
+def test_a_header_line_is_reported(tmp_path, caplog):
+    """A header-only file is not called empty, and a skipped header is logged."""
+    only_header = write_tsv(tmp_path / "header.tsv", [("premise", "hypothesis", "label")])
+    with pytest.raises(InputError) as err:
+        read_xnli_tsv(only_header)
+    assert str(err.value) == f"{only_header}: no examples (only a header line)"
+    rows = write_tsv(tmp_path / "rows.tsv", [("sentence1", "sentence2", "gold_label"), ("A", "B", "neutral")])
+    with caplog.at_level("INFO", logger="hf_xladjust.tasks.xnli"):
+        assert len(read_xnli_tsv(rows)) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{rows}:1: skipped the header line 'sentence1\\tsentence2\\tgold_label'"]
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(InputError) as err:
+        read_xnli_tsv(str(empty))
+    assert str(err.value) == f"{empty}: no examples (the file is empty)"
 
 
 # --- mixed-language sets --------------------------------------------------------------------------
@@ -251,7 +270,7 @@ def test_run_glue_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
         rec = json.loads(line)
         assert rec["english_side"] in ("premise", "hypothesis") and rec["gold"] == LABELS[en[rec["id"]].label]
     run_args = json.loads((out / "run_args.json").read_text())
-    assert run_args["mixed_language_seed"] == 42 and run_args["continual"] is None
+    assert run_args["mixed_language_seed"] == MIXED_LANGUAGE_SEED and run_args["continual"] is None
 
     # the fine-tuned model evaluated again, without training, on a prefix of the same data served as
     # the Hub's `xnli` (load_dataset faked: no network): the same mixed choices
@@ -299,6 +318,31 @@ def test_run_glue_xl_model_with_other_labels(tmp_path, tiny_model_dir, monkeypat
                  "--test_file_pattern", pattern, "--eval_languages", "es", "--do_predict",
                  "--output_dir", tmp_path / "out")
     assert err.value.path == str(tmp_path / "sst2")
+
+
+def test_run_args_record_the_max_seq_length_used(tmp_path, tiny_model_dir, monkeypatch):
+    """--max_seq_length over the model's limit is capped: run_args.json records both."""
+    data = tmp_path / "data"
+    out = tmp_path / "out"
+    run_main(monkeypatch, "--model_name_or_path", tiny_model_dir,
+             "--train_file", parallel_tsvs(data, ("en",), n=8, prefix="dev").format(lang="en"),
+             "--test_file_pattern", parallel_tsvs(data, ("en", "es"), n=4), "--eval_languages", "es",
+             "--do_train", "--do_predict", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
+             "--max_seq_length", "1000", "--output_dir", out)
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert run_args["data"]["max_seq_length"] == 1000 and run_args["max_seq_length_used"] == 64
+
+
+def test_mixed_language_seed_is_one_value_for_the_script_the_grid_and_the_readme():
+    import run_glue_xl
+    from hf_xladjust.experiments.config import TASK_DEFAULTS
+
+    parsed = run_glue_xl.build_parser().parse_args_into_dataclasses(["--model_name_or_path", "m", "--output_dir", "o"])
+    (script_default,) = [p.mixed_language_seed for p in parsed if hasattr(p, "mixed_language_seed")]
+    # 0: what the grid has always passed (its steps' fingerprints include it)
+    assert script_default == TASK_DEFAULTS["nli"]["args"]["mixed_language_seed"] == 0
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "--mixed_language_seed 42" not in readme and "`--mixed_language_seed 0`" in readme
 
 
 def test_run_glue_xl_continual(tmp_path, tiny_model_dir, monkeypatch):
@@ -350,7 +394,7 @@ def test_run_glue_xl_on_shared_xnli(tmp_path, tiny_model_dir, shared_data, monke
         assert results["train_samples"] == 200 and all(results[f"test_{s}_samples"] == 40 for s in sets)
         for lang in langs:  # the recorded choices are those of the seeded construction on the real files
             target = read_xnli_tsv(str(xnli / f"test-{lang}.tsv"))[:40]
-            expected = [m.english_side for m in build_mixed_language(target, english, seed=42)]
+            expected = [m.english_side for m in build_mixed_language(target, english, seed=MIXED_LANGUAGE_SEED)]
             got = [json.loads(ln)["english_side"]
                    for ln in (out / f"predictions_test_mixed_{lang}.jsonl").read_text().splitlines()]
             assert got == expected

@@ -11,6 +11,10 @@ A batch whose links were all truncated away has a pull term of 0 (not the NaN of
 By default each term is one mean over the whole batch: every link weighs the same. The paper's code
 sums the means of sub-batches of 4 sentence pairs, so a link weighs 1/(links in its sub-batch) and
 the loss is about (batch / 4) times larger; `sub_batch_size=4` computes exactly that.
+
+`align_objective="contrastive"` (beyond the paper) replaces the pull term by a symmetric InfoNCE over
+the linked words of the batch (Wu & Dredze 2020; Gaschi et al. 2023), see `info_nce`; the anchor term
+is the same for both objectives.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -19,8 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_xladjust.errors import InputError
+
 POOLINGS = ("mean", "first", "last")
 PULL_TARGETS = ("current", "frozen")
+ALIGN_OBJECTIVES = ("l2", "contrastive")
 
 
 @dataclass
@@ -41,16 +48,37 @@ class AlignmentLossArguments:
         default=None,
         metadata={"help": "Sum the per-sub-batch means of consecutive sub-batches of this many sentence pairs, as "
                           "the paper's adjustment loop (4): each link weighs 1/(links in its sub-batch). Default: "
-                          "one mean over the batch, every link weighing the same."},
+                          "one mean over the batch, every link weighing the same. l2 objective only."},
+    )
+    align_objective: str = field(
+        default="l2",
+        metadata={"help": "l2: the paper's pull term (mean squared distance of linked words); contrastive: a "
+                          "symmetric InfoNCE over the batch's linked words instead (Wu & Dredze 2020; Gaschi et "
+                          "al. 2023; beyond the paper). The anchor term is the same for both.",
+                  "choices": list(ALIGN_OBJECTIVES)},
+    )
+    align_temperature: float = field(
+        default=0.1,
+        metadata={"help": "Temperature τ of the contrastive objective (logits cos/τ). Default 0.1: Wu & Dredze "
+                          "(2020)'s contrastive runs (shijie-wu/crosslingual-nlp, "
+                          "example/contrastive-alignment/alignment-cntrstv.sh: temp=0.1, normalize=True)."},
     )
 
     def __post_init__(self):
+        # InputError: the run_*.py scripts report it as one line (hf_xladjust.cli.run_main).
         if self.pooling not in POOLINGS:
-            raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise InputError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pull_target not in PULL_TARGETS:
-            raise ValueError(f"--pull_target must be one of {PULL_TARGETS}, got {self.pull_target!r}")
+            raise InputError(f"--pull_target must be one of {PULL_TARGETS}, got {self.pull_target!r}")
         if self.sub_batch_size is not None and self.sub_batch_size < 1:
-            raise ValueError(f"--sub_batch_size must be positive, got {self.sub_batch_size}")
+            raise InputError(f"--sub_batch_size must be positive, got {self.sub_batch_size}")
+        if self.align_objective not in ALIGN_OBJECTIVES:
+            raise InputError(f"--align_objective must be one of {ALIGN_OBJECTIVES}, got {self.align_objective!r}")
+        if not self.align_temperature > 0:  # also catches NaN
+            raise InputError(f"--align_temperature must be positive, got {self.align_temperature}")
+        if self.align_objective == "contrastive" and self.sub_batch_size:
+            raise InputError("--sub_batch_size is the paper's l2 loop; the contrastive objective takes its "
+                             "candidates from the whole batch (drop --sub_batch_size)")
 
 
 def pool_words(hidden: torch.Tensor, token_slot: torch.Tensor, num_slots: int, pooling: str = "mean") -> torch.Tensor:
@@ -134,9 +162,32 @@ def grouped_mse(a: torch.Tensor, b: torch.Tensor, group: Optional[torch.Tensor] 
     return (sums / (counts.clamp_min(1) * sq.shape[-1])).sum()
 
 
+def info_nce(src: torch.Tensor, tgt: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of N linked pairs, rows of `src` and `tgt` (N, H): logits_ij = cos(s_i, t_j) / τ
+    with every target of the batch as a candidate for s_i (and every source for t_j), cross-entropy with
+    the diagonal as the label, averaged over the N pairs and over both directions (source->target,
+    target->source), as Wu & Dredze (2020)'s `cntrstv` loss. 0 when N is 0 (no NaN), and 0 when N is 1
+    (no negatives). Computed in fp32 with autocast off: under autocast the matmul would run in fp16/bf16."""
+    n = src.shape[0]  # known on the host: no sync
+    with torch.autocast(device_type=src.device.type, enabled=False):
+        logits = F.normalize(src.float(), dim=-1) @ F.normalize(tgt.float(), dim=-1).T / temperature
+        if n == 0:
+            return logits.sum()  # 0, still attached to the graph
+        labels = torch.arange(n, device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 class AlignmentLoss(nn.Module):
     """Eq. 1 on a batch from `AlignedPairCollator`; returns `{"loss", "align_loss", "anchor_loss"}` and
-    `num_links` (an int: the links of the batch, 0 when truncation removed them all).
+    `num_links` (an int: the links the pull term used, 0 when truncation removed them all).
+
+    With `align_objective="contrastive"` the pull term is `info_nce` over the batch's word links, with
+    the same pooled vectors (source from f0 with `pull_target="frozen"`, as the l2 pull). CLS<->CLS and
+    SEP<->SEP links (`link_special_tokens`) are left out of it: every sentence's CLS (and SEP) sits at
+    the same position and they are near copies of each other, so as candidates they would ask the model
+    to tell one sentence's CLS from another's (sentence-level contrast, not word alignment) and as
+    positives they are trivially matched. They stay in the anchor term, as with l2. Under several
+    processes the candidates are each process's own batch (nothing is gathered across ranks).
 
     `anchor_model` is f0: kept frozen and in eval mode, never registered as a submodule (so it is
     not saved, not optimised, not wrapped by DDP). Call it under the caller's autocast; the
@@ -144,10 +195,12 @@ class AlignmentLoss(nn.Module):
 
     def __init__(self, anchor_model: Optional[nn.Module] = None, pooling: str = "mean", align_layer: int = -1,
                  pull_target: str = "current", anchor_weight: float = 1.0, align_weight: float = 1.0,
-                 sub_batch_size: Optional[int] = None):
+                 sub_batch_size: Optional[int] = None, align_objective: str = "l2", align_temperature: float = 0.1):
         super().__init__()
-        AlignmentLossArguments(pooling=pooling, pull_target=pull_target, sub_batch_size=sub_batch_size)  # validates
+        AlignmentLossArguments(pooling=pooling, pull_target=pull_target, sub_batch_size=sub_batch_size,
+                               align_objective=align_objective, align_temperature=align_temperature)  # validates
         self.sub_batch_size = sub_batch_size
+        self.align_objective, self.align_temperature = align_objective, align_temperature
         if anchor_model is None and (anchor_weight != 0 or pull_target == "frozen"):
             raise ValueError("the anchor term and --pull_target frozen need the original model (anchor_model)")
         self.pooling, self.align_layer, self.pull_target = pooling, align_layer, pull_target
@@ -159,7 +212,9 @@ class AlignmentLoss(nn.Module):
     @classmethod
     def from_args(cls, args: AlignmentLossArguments, anchor_model=None, align_weight: float = 1.0):
         return cls(anchor_model, args.pooling, args.align_layer, args.pull_target, args.anchor_weight, align_weight,
-                   sub_batch_size=getattr(args, "sub_batch_size", None))
+                   sub_batch_size=getattr(args, "sub_batch_size", None),
+                   align_objective=getattr(args, "align_objective", "l2"),
+                   align_temperature=getattr(args, "align_temperature", 0.1))
 
     @property
     def anchor_model(self):
@@ -185,8 +240,14 @@ class AlignmentLoss(nn.Module):
             num_groups = -(-batch["src_input_ids"].shape[0] // self.sub_batch_size)
             link_group = batch["link_sentence"] // self.sub_batch_size
             slot_group = batch["src_slot_sentence"] // self.sub_batch_size
-        align = grouped_mse(tgt[batch["tgt_link_slots"]], pull_to[batch["src_link_slots"]], link_group, num_groups)
+        src_links, tgt_links = batch["src_link_slots"], batch["tgt_link_slots"]
+        if self.align_objective == "contrastive":
+            if "word_links" in batch:  # CLS/SEP links out (see the class docstring); an index, not a mask: no sync
+                src_links, tgt_links = src_links[batch["word_links"]], tgt_links[batch["word_links"]]
+            align = info_nce(pull_to[src_links], tgt[tgt_links], self.align_temperature)
+        else:
+            align = grouped_mse(tgt[tgt_links], pull_to[src_links], link_group, num_groups)
         anchor = grouped_mse(src, src0, slot_group, num_groups) if src0 is not None else src.new_zeros(())
         loss = self.align_weight * align + self.anchor_weight * anchor
         return {"loss": loss, "align_loss": align.detach(), "anchor_loss": anchor.detach(),
-                "num_links": int(batch["src_link_slots"].shape[0])}
+                "num_links": int(src_links.shape[0])}

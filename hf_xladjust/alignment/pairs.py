@@ -78,10 +78,16 @@ class AlignmentDataArguments:
             raise ValueError(f"--english_side must be source or target, got {self.english_side!r}")
         if self.source_lang and self.target_lang and self.source_lang == self.target_lang:
             raise ValueError(f"--source_lang and --target_lang are both {self.source_lang!r}")
+        self._check_alignment_file()
         derived = self._english_side_from_languages()
         if self.english_side and derived and self.english_side != derived:
             raise ValueError(f"--english_side {self.english_side} contradicts --source_lang {self.source_lang} "
                              f"--target_lang {self.target_lang}")
+
+    def _check_alignment_file(self) -> None:
+        # A hook: run_adjust.py's --parallel takes one alignment file per language instead.
+        if self.aligner == "pharaoh" and not self.alignment_file:
+            raise ValueError("--aligner pharaoh needs --alignment_file (one line of i-j links per sentence pair)")
 
     def _english_side_from_languages(self) -> Optional[str]:
         # Only languages given explicitly say anything (an unset --source_lang is English only by default).
@@ -100,6 +106,7 @@ class AlignedPair:
     src: List[str]
     tgt: List[str]
     links: Links
+    lang: Optional[str] = None  # the non-English language, recorded when several are pooled (--parallel)
 
 
 def filter_links(src: Sequence[str], tgt: Sequence[str], links: Links, one_to_one=True, drop_identical=True,
@@ -141,6 +148,12 @@ def filter_pairs(src_sents, tgt_sents, links, args: AlignmentDataArguments) -> T
     return pairs, counts
 
 
+def alignable_indices(corpus, max_words: Optional[int]) -> List[int]:
+    """Positions of the pairs with at most `max_words` words on each side: what the sample is drawn from."""
+    return [k for k, (s, t) in enumerate(zip(corpus.src, corpus.tgt))
+            if not max_words or (len(s) <= max_words and len(t) <= max_words)]
+
+
 def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_file=None, train_file=None,
                         seed: int = 42, cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
     """Read a parallel corpus, drop pairs over `max_words` words from the whole corpus, sample
@@ -150,8 +163,7 @@ def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_f
     from hf_xladjust.alignment.parallel import read_parallel, sample_corpus
 
     corpus = read_parallel(source_file, target_file, train_file, skip_bad_lines=args.skip_bad_lines)
-    short = [k for k, (s, t) in enumerate(zip(corpus.src, corpus.tgt))
-             if not args.max_words or (len(s) <= args.max_words and len(t) <= args.max_words)]
+    short = alignable_indices(corpus, args.max_words)
     too_long = len(corpus) - len(short)
     if not short:
         raise InputError(f"every sentence pair has more than {args.max_words} words on a side (--max_words)",
@@ -181,7 +193,9 @@ def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_f
 
 
 def write_aligned_pairs(path: str, pairs: Sequence[AlignedPair]) -> None:
-    write_jsonl(path, ({"src": p.src, "tgt": p.tgt, "links": [list(link) for link in p.links]} for p in pairs))
+    """One JSON line per pair; `lang` only on pairs that carry one (pooled languages)."""
+    write_jsonl(path, ({"src": p.src, "tgt": p.tgt, "links": [list(link) for link in p.links],
+                        **({"lang": p.lang} if p.lang else {})} for p in pairs))
 
 
 def read_aligned_pairs(path: str) -> List[AlignedPair]:
@@ -200,7 +214,7 @@ def read_aligned_pairs(path: str) -> List[AlignedPair]:
                 if not (0 <= i < len(src) and 0 <= j < len(tgt)):
                     raise InputError(f"link {i}-{j} out of range for {len(src)} source / {len(tgt)} target words",
                                      path, line_no)
-            pairs.append(AlignedPair(src, tgt, links))
+            pairs.append(AlignedPair(src, tgt, links, rec.get("lang")))
     if not pairs:
         raise InputError("no aligned pairs", path)
     return pairs
@@ -265,16 +279,18 @@ class AlignedPairDataset(torch.utils.data.Dataset):
             keep = (slot_links >= 0).all(axis=1)
             self.links_lost += int((~keep).sum())
             slot_links = slot_links[keep]
+            is_special = np.zeros(len(slot_links), dtype=bool)
             if link_special_tokens:  # CLS<->CLS, SEP<->SEP: the special slots follow the word slots
                 s_special = np.arange(s_map.max() + 1, s_slot.max() + 1)
                 t_special = np.arange(t_map.max() + 1, t_slot.max() + 1)
                 if len(s_special) == len(t_special):
                     slot_links = np.concatenate([slot_links, np.stack([s_special, t_special], axis=1)])
+                    is_special = np.concatenate([is_special, np.ones(len(s_special), dtype=bool)])
                     self.special_links += len(s_special)
             self.features.append({
                 "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max()) + 1,
                 "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max()) + 1,
-                "links": slot_links,
+                "links": slot_links, "link_is_special": is_special,
             })
         if self.links_lost:
             logger.warning("%d links dropped: their words were truncated at max_length=%d",
@@ -300,8 +316,10 @@ class AlignedPairCollator:
 
     Output keys: `{src,tgt}_input_ids`, `{src,tgt}_attention_mask`, `{src,tgt}_token_slot` (-1 on
     padding and on a word cut by truncation), `{src,tgt}_num_slots` (int),
-    `src_link_slots`/`tgt_link_slots` (one entry per link), and the sentence (row) each link and each
-    source slot belongs to, `link_sentence` and `src_slot_sentence` (for per-sub-batch means)."""
+    `src_link_slots`/`tgt_link_slots` (one entry per link), the sentence (row) each link and each
+    source slot belongs to, `link_sentence` and `src_slot_sentence` (for per-sub-batch means), and
+    `word_links`, the positions of the links between words, i.e. not CLS<->CLS or SEP<->SEP (for the
+    contrastive objective; computed here so that the loss selects them without a host sync)."""
 
     pad_token_id: int
 
@@ -328,5 +346,7 @@ class AlignedPairCollator:
         batch["link_sentence"] = torch.as_tensor(np.repeat(rows, [len(ln) for ln in links]), dtype=torch.long)
         batch["src_slot_sentence"] = torch.as_tensor(
             np.repeat(rows, [f["src_num_slots"] for f in features]), dtype=torch.long)
+        special = np.concatenate([f.get("link_is_special", np.zeros(len(f["links"]), dtype=bool)) for f in features])
+        batch["word_links"] = torch.as_tensor(np.flatnonzero(~special), dtype=torch.long)
         return batch
 

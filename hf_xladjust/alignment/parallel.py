@@ -111,8 +111,15 @@ def read_parallel(source_file: Optional[str] = None, target_file: Optional[str] 
 _Pair = Tuple[int, Optional[List[str]], Optional[List[str]], Optional[Tuple[str, InputError]]]
 
 
+def _read_lines(path: str) -> List[bytes]:
+    try:
+        return read_lines(path)
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
+
+
 def _read_two_files(source_path: str, target_path: str, encoding: str) -> List[_Pair]:
-    src_lines, tgt_lines = read_lines(source_path), read_lines(target_path)
+    src_lines, tgt_lines = _read_lines(source_path), _read_lines(target_path)
     if len(src_lines) != len(tgt_lines):
         longer, shorter = ((source_path, target_path) if len(src_lines) > len(tgt_lines)
                            else (target_path, source_path))
@@ -140,7 +147,7 @@ def _read_two_files(source_path: str, target_path: str, encoding: str) -> List[_
 
 def _read_joint(path: str, encoding: str) -> List[_Pair]:
     pairs: List[_Pair] = []
-    for line_no, raw in enumerate(read_lines(path), start=1):
+    for line_no, raw in enumerate(_read_lines(path), start=1):
         try:
             words = decode_line(raw, path, line_no, encoding).split()
         except InputError as e:

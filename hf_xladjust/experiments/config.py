@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 from hf_xladjust.errors import InputError
+from hf_xladjust.tasks.xnli import MIXED_LANGUAGE_SEED
 
 REGIMES = ("original", "adjusted", "adjusted_cont", "original_cont")
 KNOWN_TASKS = ("nli", "ner", "qa", "xsr")
@@ -101,7 +102,8 @@ class TaskConfig:
 TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # one mixed-language set per language for every seed (the paired test needs the same examples)
     "nli": {"script": "run_glue_xl.py",
-            "args": {"do_train": True, "do_predict": True, "mixed_language_eval": True, "mixed_language_seed": 0}},
+            "args": {"do_train": True, "do_predict": True, "mixed_language_eval": True,
+                     "mixed_language_seed": MIXED_LANGUAGE_SEED}},
     "ner": {"script": "run_ner_xl.py", "args": {"do_train": True, "do_predict": True}},
     "qa": {"script": "run_qa_xl.py", "args": {"do_train": True, "do_predict": True}},
     "xsr": {"script": "run_xsr.py", "trains": False, "language_arg": "languages"},

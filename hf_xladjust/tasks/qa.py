@@ -116,7 +116,12 @@ def check_examples(examples: Sequence[QAExample], source: str, where: Optional[S
         for k, (text, start) in enumerate(zip(ex.answers, ex.answer_starts)):
             if not text:
                 raise InputError(f"{loc}: answer {k} has an empty text", source)
-            found = ex.context[start:start + len(text)] if 0 <= start <= len(ex.context) else None
+            if start < 0:
+                raise InputError(f"{loc}: answer {k} {text!r} has a negative answer_start {start}", source)
+            if start >= len(ex.context):
+                raise InputError(f"{loc}: answer {k} {text!r} lies beyond the context: answer_start {start}, "
+                                 f"the context has {len(ex.context)} characters", source)
+            found = ex.context[start:start + len(text)]
             if found != text:
                 raise InputError(f"{loc}: answer {k} {text!r} does not match the context at answer_start {start} "
                                  f"({found!r})", source)

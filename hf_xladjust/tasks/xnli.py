@@ -8,6 +8,7 @@ the same set) with the English original of the same line; the choices are record
 later runs can reuse, and kept with each example so that they are written next to the predictions.
 """
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -25,6 +26,11 @@ ID2LABEL = dict(enumerate(LABELS))
 LABEL_ALIASES = {"contradictory": "contradiction"}
 ENGLISH_SIDES = ("premise", "hypothesis")
 _HEADER_LABELS = ("label", "gold_label")
+# The one seed of the mixed-language sets: run_glue_xl.py's default and what the grid passes (a grid's
+# step fingerprints include it, so it stays 0).
+MIXED_LANGUAGE_SEED = 0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,11 +61,11 @@ def label_id(label: str) -> Optional[int]:
 def read_xnli_tsv(path: str) -> List[NLIExample]:
     """Read an XTREME-format XNLI file: `premise<TAB>hypothesis<TAB>label` per line, no quoting.
 
-    A header line (third field `label` or `gold_label`) on line 1 is skipped. Anything else that
+    A header line (third field `label` or `gold_label`) on line 1 is skipped, and logged. Anything else that
     is not a well-formed labelled pair raises `InputError` naming the file and line: a wrong number
     of fields (XTREME's unlabelled test files have two), an empty premise or hypothesis, an unknown
     label, undecodable UTF-8, or a file with no example at all."""
-    examples = []
+    examples, header = [], False
     for line_no, text in read_text_lines(path):
         fields = text.split("\t")
         if len(fields) != 3:
@@ -68,6 +74,8 @@ def read_xnli_tsv(path: str) -> List[NLIExample]:
                              path, line_no)
         premise, hypothesis, label = fields
         if line_no == 1 and label.strip().lower() in _HEADER_LABELS:
+            logger.info("%s:1: skipped the header line %r", path, text)
+            header = True
             continue
         for name, value in (("premise", premise), ("hypothesis", hypothesis), ("label", label)):
             if not value.strip():
@@ -78,7 +86,7 @@ def read_xnli_tsv(path: str) -> List[NLIExample]:
                              path, line_no)
         examples.append(NLIExample(len(examples), premise, hypothesis, gold, line_no))
     if not examples:
-        raise InputError("no examples (the file is empty)", path)
+        raise InputError("no examples (only a header line)" if header else "no examples (the file is empty)", path)
     return examples
 
 

@@ -5,6 +5,7 @@ import torch
 from transformers import TrainingArguments
 
 from hf_xladjust.alignment.loss import AlignmentLoss
+from hf_xladjust.cli import OVERWRITE_HELP
 from hf_xladjust.compat import apply_warmup_ratio, ga_corrected_loss
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
 
@@ -36,6 +37,8 @@ class AdjustTrainingArguments(TrainingArguments):
     )
     save_strategy: str = field(default="no", metadata={"help": "Only the final model is saved by default."})
     logging_steps: float = field(default=10, metadata={"help": "Log loss, align_loss and anchor_loss this often."})
+    # Ours: transformers 5 dropped TrainingArguments.overwrite_output_dir (4.46 has it, unused by the Trainer).
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
         apply_warmup_ratio(self)  # transformers 5.x reads the ratio only as a float warmup_steps

@@ -49,6 +49,7 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
     read_aligned_pairs,
 )
+from hf_xladjust.cli import OVERWRITE_HELP
 from hf_xladjust.compat import accumulation_steps, ga_corrected_loss, trainer_divides_by_ga
 from hf_xladjust.sampling import subsample_indices
 from hf_xladjust.trainers.adjust import count_over_processes
@@ -71,6 +72,8 @@ class FineTuningArguments(TrainingArguments):
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch (paper: 32)."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
+    # Ours: transformers 5 dropped TrainingArguments.overwrite_output_dir (4.46 has it, unused by the Trainer).
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 @dataclass
