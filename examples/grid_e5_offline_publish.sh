@@ -19,6 +19,7 @@ mkdir -p "$OUT"
 # Fig. 1: the five model states of seed 0, on held-out pairs aligned here (never trained on)
 for pair in es:spa hi:hin; do
     lang=${pair%%:*} code=${pair##*:}
+    [ -f "$RESULTS/fig1/$lang/distances.json" ] ||  # measured already: delete the folder to measure again
     "$PY" -m hf_xladjust.evaluation.distances --results_dir "$RESULTS" --lang "$lang" --results_seed 0 --task nli \
         --source_file "$FLORES/eng.devtest" --target_file "$FLORES/$code.devtest" --target_lang "$lang" \
         --max_sentences 500 \
@@ -32,7 +33,8 @@ done
     | sed -n '/^Estimate$/,$p' > "$OUT/wall_times.md"
 "$PY" - "$RESULTS" >> "$OUT/wall_times.md" <<'EOF'
 import datetime, glob, json, os, sys
-marks = [json.load(open(p)) for p in glob.glob(os.path.join(sys.argv[1], "**", "_SUCCESS.json"), recursive=True)]
+found = glob.glob(os.path.join(sys.argv[1], "**", "_SUCCESS.json"), recursive=True)
+marks = [json.load(open(p)) for p in sorted({os.path.realpath(p) for p in found})]  # language links: once
 t = lambda s: datetime.datetime.fromisoformat(s)
 start, end = min(t(m["started"]) for m in marks), max(t(m["finished"]) for m in marks)
 busy = sum(m["wall_seconds"] for m in marks)
