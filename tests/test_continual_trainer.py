@@ -92,17 +92,24 @@ def independent_anchor_mse(model, f0, tok, pairs):
 
 
 # ---- 1. the value of one continual step ---------------------------------------------------------------------
-def test_step_loss_is_task_plus_weighted_alignment_terms(tiny_model_dir, tok, side, f0, tmp_path):
-    model = task_model(tiny_model_dir)
-    loss_fn = AlignmentLoss(f0, anchor_weight=0.7, align_weight=0.3)
-    trainer = make_trainer(tok, model, targs(tmp_path), side, loss_fn, align_batch_size=4)
-    picked = [0, 3, 3, 17]  # with replacement: a pair may come twice
+def first_step_with_side(trainer, model, picked):
+    """One training-mode compute_loss on the first task batch with the side pairs `picked`; returns the
+    prepared inputs, that loss, and the task loss alone."""
     trainer._side_indices = lambda step: picked
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     model.train()
     loss = trainer.compute_loss(model, inputs)
     with torch.no_grad():
         task = model(**inputs).loss.item()
+    return inputs, loss, task
+
+
+def test_step_loss_is_task_plus_weighted_alignment_terms(tiny_model_dir, tok, side, f0, tmp_path):
+    model = task_model(tiny_model_dir)
+    loss_fn = AlignmentLoss(f0, anchor_weight=0.7, align_weight=0.3)
+    trainer = make_trainer(tok, model, targs(tmp_path), side, loss_fn, align_batch_size=4)
+    picked = [0, 3, 3, 17]  # with replacement: a pair may come twice
+    inputs, loss, task = first_step_with_side(trainer, model, picked)
     pairs = [side.pairs[i] for i in picked]
     pull = independent_pull_mse(encoder_of(model), tok, pairs)
     anchor = independent_anchor_mse(encoder_of(model), f0, tok, pairs)
@@ -132,12 +139,7 @@ def test_contrastive_side_batch(tiny_model_dir, tok, side, f0, tmp_path):
                             align_temperature=0.2)
     trainer = make_trainer(tok, model, targs(tmp_path), side, loss_fn, align_batch_size=4)
     picked = [0, 3, 3, 17]  # a pair drawn twice puts copies of its positives among the negatives: kept as drawn
-    trainer._side_indices = lambda step: picked
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    model.train()
-    loss = trainer.compute_loss(model, inputs)
-    with torch.no_grad():
-        task = model(**inputs).loss.item()
+    inputs, loss, task = first_step_with_side(trainer, model, picked)
     pairs = [side.pairs[i] for i in picked]
     encoder = encoder_of(model)
     nce = independent_info_nce(encoder, encoder, tok, pairs, temperature=0.2)
