@@ -7,7 +7,10 @@ A fork of the HF example `examples/pytorch/text-classification/run_xnli.py`, kep
 logic lives in `hf_xladjust.tasks.xnli`. `--do_eval` evaluates on the validation sets and
 `--do_predict` on the test sets of English and every `--eval_languages` language, plus, with
 `--mixed_language_eval`, the mixed-language sets (one per language and split, drawn with a fixed seed
-and recorded in `mixed_language_sets/`, so that every run seed evaluates the same set). Examples:
+and recorded in `mixed_language_sets/`, so that every run seed evaluates the same set).
+`--representation_transform DIR` (a rotation or normalisation of `python -m hf_xladjust.evaluation.transforms`)
+transforms the last hidden state of the non-English inputs before the head; on a mixed-language set only the
+tokens of the non-English segment (by the tokenizer's sequence ids). Examples:
 
     # Hub data
     python run_glue_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name xnli \\
@@ -41,9 +44,16 @@ from transformers import (
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
+from hf_xladjust.evaluation.transforms import (
+    RepresentationTransformArguments,
+    load_for_heads,
+    segment_masks,
+    transform_scope,
+)
 from hf_xladjust.tasks.xnli import (
     LABELS,
     MIXED_LANGUAGE_SEED,
+    MixedNLIExample,
     examples_to_columns,
     load_nli_examples,
     mixed_language_set,
@@ -133,13 +143,14 @@ def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
     return HfArgumentParser(
         (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
-         AlignmentLossArguments, NLITrainingArguments)
+         AlignmentLossArguments, NLITrainingArguments, RepresentationTransformArguments)
     )
 
 
 def main():
     parser = build_parser()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args, transform_args = \
+        parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
 
@@ -210,6 +221,8 @@ def main():
         config=config,
         **model_args.hub_kwargs(),
     )
+    # --representation_transform: a hook on the last hidden state, active while a non-English set is predicted.
+    transform = load_for_heads(transform_args.representation_transform, model, languages if eval_sets else [])
 
     # Preprocessing the datasets
     padding = "max_length" if data_args.pad_to_max_length else False
@@ -224,10 +237,15 @@ def main():
         result = tokenizer(examples["premise"], examples["hypothesis"], padding=padding,
                            max_length=max_seq_length, truncation=True)
         result["labels"] = [int(model_label_of[label]) for label in examples["label"]]
+        if "english_side" in examples:  # mixed-language set: transform only the target-language segment
+            result["transform_mask"] = segment_masks(result, [int(s == "premise") for s in examples["english_side"]])
         return result
 
     def to_features(examples, desc):
-        dataset = datasets.Dataset.from_dict(examples_to_columns(examples))
+        columns = examples_to_columns(examples)
+        if transform and isinstance(examples[0], MixedNLIExample):
+            columns["english_side"] = [ex.english_side for ex in examples]
+        dataset = datasets.Dataset.from_dict(columns)
         with training_args.main_process_first(desc=desc):
             return dataset.map(preprocess_function, batched=True, remove_columns=dataset.column_names,
                                num_proc=data_args.preprocessing_num_workers,
@@ -300,7 +318,11 @@ def main():
         metrics = {}
         for name, examples in sets.items():
             prefix = f"{split}_{name}"
-            output = trainer.predict(eval_features[split][name], metric_key_prefix=prefix)
+            mixed = name.startswith("mixed_")
+            with transform_scope(transform, trainer, name[len("mixed_"):] if mixed else name, masked=mixed) as hook:
+                output = trainer.predict(eval_features[split][name], metric_key_prefix=prefix)
+            if hook is not None and hook.last_lang:
+                metrics[f"{prefix}_transformed_tokens"] = hook.transformed_tokens
             logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
             probs = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs /= probs.sum(axis=1, keepdims=True)
@@ -320,6 +342,7 @@ def main():
                        labels=list(LABELS), max_seq_length_used=max_seq_length,
                        continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
+                       representation_transform=transform.describe(languages[1:]) if transform else None,
                        training=training_args)
 
 

@@ -7,7 +7,9 @@ log, seed, data, model, preprocess, Trainer, train, evaluate, predict, metrics);
 `hf_xladjust.tasks.ner` and the scores in `hf_xladjust.evaluation.tagging`. `--do_eval` evaluates on the
 validation sets and `--do_predict` on the test sets of English and every `--eval_languages` language.
 Every gold word is scored at the word level (a word cut off by `--max_seq_length` is predicted `O` and
-counted); an unlabelled set (XTREME's test files) gets predictions only. Examples:
+counted); an unlabelled set (XTREME's test files) gets predictions only. `--representation_transform DIR` (a
+rotation or normalisation of `python -m hf_xladjust.evaluation.transforms`) transforms the last hidden state of
+every token of the non-English sets before the head. Examples:
 
     # Hub data
     python run_ner_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name wikiann \\
@@ -43,6 +45,7 @@ from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
 from hf_xladjust.evaluation.tagging import tagging_metrics
+from hf_xladjust.evaluation.transforms import RepresentationTransformArguments, load_for_heads, transform_scope
 from hf_xladjust.tasks.ner import (
     LABELS,
     OUTSIDE,
@@ -140,13 +143,14 @@ def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
     return HfArgumentParser(
         (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
-         AlignmentLossArguments, NERTrainingArguments)
+         AlignmentLossArguments, NERTrainingArguments, RepresentationTransformArguments)
     )
 
 
 def main():
     parser = build_parser()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
+    model_args, data_args, cont_args, align_data_args, loss_args, training_args, transform_args = \
+        parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
 
@@ -209,6 +213,8 @@ def main():
         config=config,
         **model_args.hub_kwargs(),
     )
+    # --representation_transform: a hook on the last hidden state, active while a non-English set is predicted.
+    transform = load_for_heads(transform_args.representation_transform, model, languages if eval_sets else [])
 
     # Tokenizer check: this script requires a fast tokenizer (word_ids() maps subwords to words).
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
@@ -323,7 +329,10 @@ def main():
         for lang, (examples, source) in sets.items():
             prefix = f"{split}_{lang}"
             features = eval_features[split][lang]
-            output = trainer.predict(features.remove_columns(bookkeeping), metric_key_prefix=prefix)
+            with transform_scope(transform, trainer, lang) as hook:
+                output = trainer.predict(features.remove_columns(bookkeeping), metric_key_prefix=prefix)
+            if hook is not None and hook.last_lang:
+                metrics[f"{prefix}_transformed_tokens"] = hook.transformed_tokens
             logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
             word_ids = word_predictions(np.argmax(logits, axis=2), features["word_index"],
                                         [len(ex.tokens) for ex in examples], fill_id)
@@ -356,6 +365,7 @@ def main():
         write_run_args(training_args.output_dir, model=model_args, data=data_args, labels=label_names,
                        max_seq_length_used=max_seq_length, continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
+                       representation_transform=transform.describe(languages[1:]) if transform else None,
                        training=training_args)
 
 

@@ -22,7 +22,9 @@ Examples:
 Writes `all_results.json` (`xsr_es_mrr_layer{L}`, `xsr_es_acc1_layer{L}`, `xsr_es_best_layer`,
 `xsr_es_mrr` and `xsr_es_acc1` at the best layer, ...), `predictions_es.jsonl` (per query `id`,
 `ranks`: the gold candidate's rank at every layer, index 0 = embeddings, `gold`, `pred`) and
-`run_args.json`. The English-to-X direction is named `en-es`.
+`run_args.json`. The English-to-X direction is named `en-es`. `--representation_transform DIR` (a rotation
+or normalisation of `python -m hf_xladjust.evaluation.transforms`) transforms every layer's sentence vectors
+before ranking, and run_args.json records it.
 """
 import logging
 import os
@@ -45,6 +47,11 @@ from hf_xladjust.evaluation.retrieval import (
     read_tatoeba,
     tatoeba_code,
     tatoeba_from_hub,
+)
+from hf_xladjust.evaluation.transforms import (
+    RepresentationTransform,
+    RepresentationTransformArguments,
+    retrieval_transform,
 )
 from hf_xladjust.files import write_json, write_jsonl
 
@@ -143,12 +150,12 @@ class RetrievalArguments:
 
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser((ModelArguments, DataArguments, RetrievalArguments))
+    return HfArgumentParser((ModelArguments, DataArguments, RetrievalArguments, RepresentationTransformArguments))
 
 
 def main():
     parser = build_parser()
-    model_args, data_args, xsr_args = parse_arguments(parser)
+    model_args, data_args, xsr_args, transform_args = parse_arguments(parser)
     check_output_dir(xsr_args.output_dir, "all_results.json", xsr_args.overwrite_output_dir)
 
     # Setup logging
@@ -185,6 +192,12 @@ def main():
         sets[name] = (pairs.head(data_args.max_samples), src, tgt)
         logger.info(f"{name}: {len(sets[name][0])} sentence pairs from {pairs.source} and {pairs.target}")
 
+    # The representation transform, if any: every language it would touch must be in the file.
+    transform = None
+    if transform_args.representation_transform:
+        transform = RepresentationTransform.load(transform_args.representation_transform)
+        transform.require([lang for _, src, tgt in sets.values() for lang in (src, tgt)], standardize_english=True)
+
     # Load pretrained model and tokenizer (a task checkpoint, e.g. fine-tuned on SQuAD, loads as its encoder).
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_args.model_name_or_path,
@@ -195,6 +208,8 @@ def main():
         model_args.model_name_or_path,
         **model_args.hub_kwargs(),
     ).to(device)
+    if transform is not None:
+        transform.check_model(model.config)
 
     # Evaluate: all layers in one forward pass per batch, all candidates ranked per query.
     directions = DIRECTION_CHOICES[xsr_args.direction]
@@ -205,7 +220,8 @@ def main():
         evaluator = SentenceRetrievalEvaluator(
             pairs.sources, pairs.targets, tokenizer, name=forward, reverse_name=f"{tgt}-{src}",
             directions=directions, pooling=xsr_args.pooling, batch_size=xsr_args.batch_size,
-            max_length=xsr_args.max_length, amp=amp, prefix="xsr_")
+            max_length=xsr_args.max_length, amp=amp, prefix="xsr_",
+            source_transform=retrieval_transform(transform, src), target_transform=retrieval_transform(transform, tgt))
         set_start = time.perf_counter()
         metrics.update(evaluator(model))
         logger.info(f"{name}: {len(pairs)} pairs in {time.perf_counter() - set_start:.1f} s")
@@ -218,7 +234,10 @@ def main():
         write_jsonl(os.path.join(xsr_args.output_dir, f"predictions_{name}.jsonl"), result.prediction_records())
     write_json(os.path.join(xsr_args.output_dir, "all_results.json"), metrics)
     write_run_args(xsr_args.output_dir, model=model_args, data=data_args, retrieval=xsr_args,
-                   sources={name: [p.source, p.target] for name, (p, _, _) in sets.items()})
+                   sources={name: [p.source, p.target] for name, (p, _, _) in sets.items()},
+                   representation_transform=transform.describe(
+                       [lang for _, s, t in sets.values() for lang in (s, t) if retrieval_transform(transform, lang)]
+                   ) if transform else None)
     logger.info("***** xsr metrics: MRR (acc@1) per layer, * = best layer by MRR *****\n"
                 + format_layer_table(results))
     for name, result in results.items():

@@ -27,7 +27,7 @@ the first token.
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -316,14 +316,21 @@ class SentenceRetrievalEvaluator:
 
     `amp`: None, "fp16" or "bf16": the forward pass runs under autocast with that dtype; pooling and
     scores are fp32 in any case. The model runs on its own device, in eval mode, without gradients;
-    its training mode is restored after."""
+    its training mode is restored after.
+
+    `source_transform` / `target_transform`: optional maps of one side's sentence vectors (layers, N, H)
+    -> (layers, N, H), applied after pooling, before scoring (`--representation_transform`, see
+    `hf_xladjust.evaluation.transforms`). A rotation is linear and a normalisation affine per dimension,
+    and the pooling weights of a sentence sum to 1, so transforming the mean-pooled vector equals pooling
+    the transformed token vectors; with `cls` pooling it is the one token's vector anyway."""
 
     primary_metric = "mrr"
 
     def __init__(self, sources: Sequence[str], targets: Sequence[str], tokenizer=None, *, name: str = "xsr",
                  reverse_name: Optional[str] = None, directions: Sequence[str] = ("forward",),
                  pooling: str = "mean", batch_size: int = 64, max_length: Optional[int] = 512,
-                 amp: Optional[str] = None, prefix: str = "", max_score_elements: int = 1 << 26):
+                 amp: Optional[str] = None, prefix: str = "", max_score_elements: int = 1 << 26,
+                 source_transform: Optional[Callable] = None, target_transform: Optional[Callable] = None):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not directions or any(d not in DIRECTIONS for d in directions):
@@ -342,6 +349,7 @@ class SentenceRetrievalEvaluator:
         self.directions = tuple(dict.fromkeys(directions))
         self.names = {"forward": name, "reverse": reverse_name or f"{name}_reverse"}
         self.amp, self.prefix, self.max_score_elements = amp, prefix, max_score_elements
+        self.source_transform, self.target_transform = source_transform, target_transform
         self.results: Dict[str, RetrievalResult] = {}
         self._tokenized: Dict[int, tuple] = {}
         for side, texts in (("target", self.targets), ("source", self.sources)):
@@ -420,6 +428,10 @@ class SentenceRetrievalEvaluator:
         for the sentence-transformers evaluator signature and not used (run_xsr.py writes the files)."""
         vectors = self.embed(model, tokenizer)
         n = len(self.sources)
+        if self.source_transform is not None or self.target_transform is not None:
+            src, tgt = vectors[:, :n], vectors[:, n:]
+            vectors = torch.cat([self.source_transform(src) if self.source_transform else src,
+                                 self.target_transform(tgt) if self.target_transform else tgt], dim=1)
         sides = {"forward": (vectors[:, :n], vectors[:, n:]), "reverse": (vectors[:, n:], vectors[:, :n])}
         self.results = {}
         metrics: Dict[str, float] = {}

@@ -23,11 +23,12 @@ hidden state}), `representation_transform.json` (pairs and words used, per-layer
 `--representation_transform PATH`.
 """
 import contextlib
+import functools
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -243,7 +244,7 @@ class RepresentationTransform:
     def describe(self, applied: Sequence[str]) -> Dict:
         """What the run records: path, kind, the languages it was applied to, the languages of the file."""
         return {"path": self.path, "kind": self.kind, "reference_lang": self.reference_lang,
-                "applied_to": list(applied), "fitted_languages": list(self.languages),
+                "applied_to": list(dict.fromkeys(applied)), "fitted_languages": list(self.languages),
                 **{k: self.meta[k] for k in ("model_name_or_path",) if k in self.meta}}
 
     # -- application
@@ -289,6 +290,20 @@ class RepresentationTransform:
         return out.to(x.dtype)
 
 
+@dataclass
+class RepresentationTransformArguments:
+    """`--representation_transform` of run_glue_xl.py, run_ner_xl.py and run_xsr.py."""
+
+    representation_transform: Optional[str] = field(
+        default=None,
+        metadata={"help": "A transform fitted by hf_xladjust.evaluation.transforms (its .pt file or output folder), "
+                          "applied at evaluation/prediction to the non-English inputs: glue/ner the last hidden "
+                          "state before the head (rotation x W, normalize to English moments); xsr every layer's "
+                          "sentence vectors (rotation: the non-English side; normalize: each side standardised "
+                          "with its own language's statistics). English inputs of glue/ner are untouched."},
+    )
+
+
 # ----------------------------------------------------------------------------- heads (glue/ner)
 class LastLayerTransform:
     """Applies a transform to the last hidden state of a task model's encoder, before the head: a forward
@@ -311,6 +326,7 @@ class LastLayerTransform:
         transform.check_model(base.config)
         self.transform, self.layer = transform, transform.num_layers
         self.lang, self._mask, self._attention = None, None, None
+        self.last_lang = None  # the language of the last `language()` block, None for English
         self.transformed_tokens = 0
         self._handles = [model.register_forward_pre_hook(self._take_inputs, with_kwargs=True),
                          stack.register_forward_hook(self._on_output)]
@@ -342,12 +358,17 @@ class LastLayerTransform:
         """Transform the inputs of `lang` inside the block (nothing for English); the count restarts."""
         if lang != self.transform.reference_lang:
             self.transform.require([lang])
-        self.lang = None if lang == self.transform.reference_lang else lang
+        self.lang = self.last_lang = None if lang == self.transform.reference_lang else lang
         self.transformed_tokens = 0
         try:
             yield self
         finally:
             self.lang, self._mask, self._attention = None, None, None
+
+    def describe(self, languages: Sequence[str]) -> Dict:
+        """The run's record (see `RepresentationTransform.describe`) for the evaluated `languages`."""
+        return {**self.transform.describe([x for x in languages if x != self.transform.reference_lang]),
+                "applied_at": f"last hidden state (hidden_states[{self.layer}]), before the head"}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -405,6 +426,17 @@ def predicting_with_mask(trainer):
         args.remove_unused_columns, trainer.data_collator = remove, collator
 
 
+@contextlib.contextmanager
+def transform_scope(hook: Optional[LastLayerTransform], trainer, lang: str, masked: bool = False):
+    """The block in which run_glue_xl.py / run_ner_xl.py predict the set of `lang`: the hook active for it
+    (nothing for English or without a hook), with `masked` the `transform_mask` column kept and collated."""
+    if hook is None:
+        yield None
+        return
+    with hook.language(lang), (predicting_with_mask(trainer) if masked else contextlib.nullcontext()):
+        yield hook
+
+
 def load_for_heads(path: Optional[str], model, languages: Sequence[str]) -> Optional[LastLayerTransform]:
     """`--representation_transform` of run_glue_xl.py / run_ner_xl.py: load, check the evaluated languages
     and the model, hook it on `model` (inactive until `.language(lang)`); None without a path."""
@@ -415,6 +447,16 @@ def load_for_heads(path: Optional[str], model, languages: Sequence[str]) -> Opti
     logger.info("representation transform %s (%s) on the last hidden state for %s", transform.path, transform.kind,
                 ", ".join(x for x in languages if x != transform.reference_lang) or "no language")
     return LastLayerTransform(model, transform)
+
+
+# ----------------------------------------------------------------------------- retrieval (xsr)
+def retrieval_transform(transform: Optional[RepresentationTransform], lang: str) -> Optional[Callable]:
+    """The map run_xsr.py applies to the sentence vectors (layers, N, H) of a side in `lang`, or None when
+    it leaves them as they are (no transform; English under a rotation). Applied after pooling: see
+    `SentenceRetrievalEvaluator` for why that equals transforming every token."""
+    if transform is None or not transform.needed(lang, standardize_english=True):
+        return None
+    return functools.partial(transform.standardize, lang=lang)
 
 
 # ----------------------------------------------------------------------------- the CLI
