@@ -142,14 +142,14 @@ class NLITrainingArguments(FineTuningArguments):
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
     return HfArgumentParser(
-        (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
-         AlignmentLossArguments, NLITrainingArguments, RepresentationTransformArguments)
+        (ModelArguments, DataTrainingArguments, RepresentationTransformArguments, ContinualAlignArguments,
+         AlignmentDataArguments, AlignmentLossArguments, NLITrainingArguments)
     )
 
 
 def main():
     parser = build_parser()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args, transform_args = \
+    model_args, data_args, transform_args, cont_args, align_data_args, loss_args, training_args = \
         parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
