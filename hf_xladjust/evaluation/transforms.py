@@ -110,7 +110,9 @@ class PairStatistics:
 
 
 def procrustes(cross: torch.Tensor) -> torch.Tensor:
-    """The orthogonal W minimising ||X W - Y||_F given X^T Y (..., H, H): U V^T of its SVD."""
+    """The orthogonal W minimising ||X W - Y||_F given X^T Y (..., H, H): U V^T of its SVD. When X^T Y is
+    rank-deficient (the outputs of a LayerNorm with zero bias lie in the hyperplane sum(x) = 0), W is
+    unique only on the span of the vectors; every minimiser maps the vectors the same way."""
     u, _, vh = torch.linalg.svd(cross)
     return u @ vh
 
