@@ -282,6 +282,13 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         raise InputError("parallel: a mapping language -> {train_file | source_file + target_file}", path)
     cfg = _build(GridConfig, {**data, "tasks": {}, "parallel": {}}, path, "")
     cfg.source = path
+    for regime in cfg.regimes:
+        if regime_size(regime) is not None:
+            raise InputError(f"regimes: {regime} is not listed; give its size in parallel_sizes: "
+                             f"[{regime_size(regime)}] (with adjusted among the regimes)", path)
+        if regime not in REGIMES:
+            raise InputError(f"regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)} (and "
+                             "adjusted_n{size} through parallel_sizes)", path)
     _check_parallel_sizes(cfg, path)
 
     for name, settings in tasks.items():
@@ -312,13 +319,6 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
             raise InputError(f"parallel.{lang}: give train_file, or source_file and target_file", path)
         cfg.parallel[lang] = data_cfg
 
-    for regime in cfg.regimes:
-        if regime_size(regime) is not None:
-            raise InputError(f"regimes: {regime} is not listed; give its size in parallel_sizes: "
-                             f"[{regime_size(regime)}] (with adjusted among the regimes)", path)
-        if regime not in REGIMES:
-            raise InputError(f"regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)} (and "
-                             "adjusted_n{size} through parallel_sizes)", path)
     for regime, value in cfg.adjust.regime_resources.items():
         if regime != "adjusted_multi" and regime_size(regime) not in cfg.parallel_sizes:
             raise InputError(f"adjust.regime_resources: {regime!r} is not adjusted_multi or an adjusted_n{{size}} "
@@ -382,8 +382,9 @@ def _check_transform_regimes(cfg: GridConfig, path: str) -> None:
         if owner == "start":
             continue
         if "original" not in cfg.tasks[owner].regimes_of(cfg.all_regimes):
-            raise InputError(f"tasks.{name}: {', '.join(transforms)} evaluate the Original fine-tuned models of "
-                             f"{owner}; add original to the regimes (and to tasks.{owner}.regimes)", path)
+            raise InputError(f"tasks.{name}: {' and '.join(transforms)} {'is' if len(transforms) == 1 else 'are'} "
+                             f"fitted on and applied to the Original fine-tuned models of {owner}; add original "
+                             f"to the regimes (and to tasks.{owner}.regimes if it lists them)", path)
 
 
 def load_config(path: str) -> GridConfig:
