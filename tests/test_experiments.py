@@ -1034,3 +1034,56 @@ def test_new_regime_steps_pass_the_real_parsers(tmp_path, capsys):
     path.write_text(yaml.safe_dump(new_regimes_config(tmp_path)))
     assert grid_main([str(path), "--dry_run"]) == 0
     assert "# xsr_nli/normalized/ru/seed1 [to run]" in capsys.readouterr().out
+
+
+def _has_transforms():
+    """The transform CLI and the scripts' --representation_transform (branch i12-transforms) are there."""
+    import importlib.util
+
+    return (importlib.util.find_spec("hf_xladjust.evaluation.transforms") is not None
+            and "--representation_transform" in (ROOT / "run_glue_xl.py").read_text())
+
+
+@pytest.mark.slow
+def test_tiny_grid_new_regimes_end_to_end(tmp_path, tiny_model_dir):
+    """The real scripts on tiny BERT, es and ru, one seed: adjusted_multi (run_adjust.py --parallel over the
+    shared alignments), parallel_sizes [16] and, where the transform CLI is there, rotation and normalized;
+    then the report's rows."""
+    nli = write_nli(tmp_path / "xnli")
+    en, ru = fixture_lines("en"), fixture_lines("ru")
+    (nli / "test-ru.tsv").write_text("".join(f"{ru[(i + 5) % 12]}\t{ru[(i * 5 + 6) % 12]}\t{LABELS[i % 3]}\n"
+                                             for i in range(24)), encoding="utf-8")
+    (tmp_path / "en-ru.txt").write_text("".join(f"{en[i]} {en[(i + k) % 12]} ||| {ru[i]} {ru[(i + k) % 12]}\n"
+                                                for k in range(1, 5) for i in range(12)), encoding="utf-8")
+    transforms = _has_transforms()
+    results = tmp_path / "results"
+    cfg = {"model_name_or_path": tiny_model_dir, "results_dir": str(results), "languages": ["es", "ru"],
+           "seeds": [0], "regimes": ["original", "adjusted", "adjusted_multi"]
+           + (["rotation", "normalized"] if transforms else []), "parallel_sizes": [16],
+           "parallel": {"es": write_parallel(tmp_path / "en-es.txt"), "ru": str(tmp_path / "en-ru.txt")},
+           "workdir": str(ROOT), "alignment": {"args": {"max_sentences": 32}},
+           "adjust": {"args": {"per_device_train_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
+           "transform": {"args": {"per_device_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
+           "common_args": {"use_cpu": True, "report_to": "none", "disable_tqdm": True},
+           "tasks": {"nli": {"args": {"train_file": str(nli / "train-en.tsv"),
+                                      "test_file_pattern": str(nli / "test-{lang}.tsv"), "num_train_epochs": 1,
+                                      "per_device_train_batch_size": 16},
+                             "resources": {"gpus": 0, "hours": 0.5}}},
+           "env": OFFLINE}
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = run_grid(str(config))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = json.loads((results / "adjust/multi/seed0/alignment_stats.json").read_text())
+    assert sorted(stats["languages"]) == ["es", "ru"]
+    assert all(s["sentences_read"] == 32 for s in stats["languages"].values())  # max_sentences per language
+    sized = json.loads((results / "adjust_n16/ru/seed0/alignment_stats.json").read_text())
+    assert sized["sentences_read"] == 16
+    assert "test_ru_accuracy" in json.loads((results / "nli/adjusted_multi/ru/seed0/all_results.json").read_text())
+    report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(results)], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = json.loads((results / "report" / "report.json").read_text())["tasks"]["nli"]
+    assert [row[0] for row in table["rows"]] == ["Original", "Adjusted", "Adjusted (16 sent.)", "Adjusted (multi)"] + (
+        ["Rotation", "Normalized"] if transforms else [])
+    assert table["header"] == ["model", "en (es)", "en (ru)", "es", "ru", "mixed_es", "mixed_ru"]
