@@ -885,6 +885,15 @@ def test_multi_adjustment_refuses_what_parallel_cannot_say(tmp_path):
         build_plan(parse_config(cfg, "grid.yaml"))
 
 
+@pytest.mark.parametrize("args, message", [({"kind": "normalize"}, "transform.args: the grid sets kind itself"),
+                                           ({"seed": 3}, "transform.args: the grid sets seed itself")])
+def test_the_grid_sets_the_fit_kind_and_seed(tmp_path, args, message):
+    cfg = new_regimes_config(tmp_path)
+    cfg["transform"]["args"] = args
+    with pytest.raises(InputError, match=message):
+        build_plan(parse_config(cfg, "grid.yaml"))
+
+
 def test_new_regimes_estimate_kinds(tmp_path):
     cfg = new_regimes_config(tmp_path)
     cfg["adjust"]["regime_resources"] = {"adjusted_multi": {"est_hours": 1.0, "hours": 4}}

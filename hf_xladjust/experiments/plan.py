@@ -274,6 +274,10 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
     common = {"python": python, "workdir": workdir, "env": dict(cfg.env), "keep_checkpoints": cfg.keep_checkpoints}
     _check_grid_args(cfg.common_args, "common_args", src)
     _check_grid_args(cfg.adjust.args, "adjust.args", src)
+    _check_grid_args(cfg.transform.args, "transform.args", src)
+    if "kind" in cfg.transform.args:
+        raise InputError("transform.args: the grid sets kind itself (rotation or normalize, from the regime); "
+                         "remove it from the configuration", src)
     steps: List[Step] = []
 
     def out(*parts):
