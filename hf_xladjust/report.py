@@ -5,18 +5,21 @@
 
 Reads the per-example prediction files that the run_*.py scripts write, in the folders of the
 experiment grid: `RESULTS/{task}/{regime}/{lang}/seed{n}/predictions_{split}_{set}.jsonl` (retrieval:
-`predictions_{set}.jsonl`), task in nli/ner/qa/xsr, regime in original/adjusted/adjusted_cont/original_cont.
+`predictions_{set}.jsonl`), task in nli/ner/qa/xsr, regime in original, adjusted, adjusted_n{size} (the
+adjustment with that many sentences), adjusted_multi (one adjustment over all languages), adjusted_cont,
+original_cont, rotation and normalized (the Original fine-tuned model evaluated through a fitted transform).
 A folder `{task}_{what}` is a variant of that task with a table of its own (e.g. `xsr_nli`: retrieval with
 the NLI-fine-tuned models, next to `xsr` with the encoders).
 A language folder contributes the sets whose name (split on `_` and `-`) contains its language code,
 plus English-only sets (reported as `en (lang)`: the English score of that folder's model), so an
 `original` folder shared by all languages (one model evaluated on every language) is read correctly
-(the grid's own copy of it, `{task}/original/all/`, is read through the language folders' links).
+(the grid's own copy of it, `{task}/original/all/`, is read through the language folders' links; so is
+`{task}/adjusted_multi/all/`).
 
-One table per task, in the shape of the paper's Tables 2-5: rows Original / Adjusted / Adj + cont
-(and Orig + cont when present), one column per evaluation set, each cell the mean over seeds of the
-set's metric (x100) with `*` (significantly different from Original) and `**` (from Adjusted),
-p < 0.05:
+One table per task, in the shape of the paper's Tables 2-5: rows Original / Adjusted / Adjusted (N sent.)
+(smallest N first) / Adjusted (multi) / Adj + cont / Orig + cont / Rotation / Normalized, those present, one
+column per evaluation set, each cell the mean over seeds of the set's metric (x100) with `*`
+(significantly different from Original) and `**` (from Adjusted), p < 0.05:
 
 * nli: accuracy; paired t-test on per-example correctness averaged over seeds;
 * qa: F1 / EM (each marked); paired t-tests on per-question F1 and EM averaged over seeds;
@@ -76,9 +79,35 @@ def task_kind(name: str) -> Optional[str]:
     return kind if kind in TASKS and (name == kind or name[len(kind) + 1:]) else None
 
 
-REGIMES = ("original", "adjusted", "adjusted_cont", "original_cont")
-ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_cont": "Adj + cont",
-              "original_cont": "Orig + cont"}
+# Row order; adjusted_n{size} rows (ascending size) go after Adjusted.
+REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_cont", "rotation", "normalized")
+ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_multi": "Adjusted (multi)",
+              "adjusted_cont": "Adj + cont", "original_cont": "Orig + cont", "rotation": "Rotation",
+              "normalized": "Normalized"}
+_SIZED = re.compile(r"^adjusted_n([1-9][0-9]*)$")
+
+
+def _sort_key(regime: str) -> Tuple[int, int]:
+    m = _SIZED.match(regime)
+    if m:
+        return REGIMES.index("adjusted"), int(m.group(1))
+    return REGIMES.index(regime), 0
+
+
+def is_regime(name: str) -> bool:
+    return name in REGIMES or _SIZED.match(name) is not None
+
+
+def ordered_regimes(names) -> List[str]:
+    """The regimes among `names`, in row order."""
+    return sorted({n for n in names if is_regime(n)}, key=_sort_key)
+
+
+def row_label(regime: str) -> str:
+    """`Adjusted (5000 sent.)` for adjusted_n5000, else the regime's row label."""
+    m = _SIZED.match(regime)
+    return f"Adjusted ({m.group(1)} sent.)" if m else ROW_LABELS.get(regime, regime)
+
 # Which regimes each row is tested against: `*` vs Original, `**` vs Adjusted.
 BASELINES = ("original", "adjusted")
 TITLES = {"nli": "NLI: accuracy", "ner": "NER: {ner_metric}-level F1", "qa": "QA: F1 / EM",
@@ -297,9 +326,10 @@ def discover(results_dir: str, task: str, split: str = "test", languages: Option
     table order."""
     task_dir = os.path.join(results_dir, task)
     kind = task_kind(task)
-    regimes = [r for r in REGIMES if os.path.isdir(os.path.join(task_dir, r))]
-    for extra in sorted(set(os.listdir(task_dir)) - set(REGIMES)):
-        logger.warning("%s: not a regime (%s), skipped", os.path.join(task_dir, extra), ", ".join(REGIMES))
+    regimes = ordered_regimes(r for r in os.listdir(task_dir) if os.path.isdir(os.path.join(task_dir, r)))
+    for extra in sorted(set(os.listdir(task_dir)) - set(regimes)):
+        logger.warning("%s: not a regime (%s, adjusted_n{size}), skipped", os.path.join(task_dir, extra),
+                       ", ".join(REGIMES))
     folders = sorted({lang for r in regimes for lang in os.listdir(os.path.join(task_dir, r))
                       if os.path.isdir(os.path.join(task_dir, r, lang)) and lang != SHARED_FOLDER})
     langs = _language_order(folders, languages)
@@ -436,9 +466,9 @@ def cell_text(task: str, cell: Optional[dict], digits: int = 1) -> str:
 def task_table(task: str, columns: Dict[Column, Dict[str, dict]],
                digits: int = 1) -> Tuple[List[str], List[List[str]]]:
     """Header and rows (`[row label, cell, ...]`) of one task's table."""
-    regimes = [r for r in REGIMES if any(r in cells for cells in columns.values())]
+    regimes = ordered_regimes(r for cells in columns.values() for r in cells)
     header = ["model"] + [col.label for col in columns]
-    rows = [[ROW_LABELS[r]] + [cell_text(task, cells.get(r), digits) for cells in columns.values()] for r in regimes]
+    rows = [[row_label(r)] + [cell_text(task, cells.get(r), digits) for cells in columns.values()] for r in regimes]
     return header, rows
 
 
@@ -449,11 +479,11 @@ def _p_text(p: Optional[float]) -> str:
 def p_value_table(task: str, columns: Dict[Column, Dict[str, dict]]) -> Tuple[List[str], List[List[str]]]:
     """The p-values behind the marks: `p vs Original / p vs Adjusted` per cell (QA: F1 then EM), for
     every row but Original."""
-    regimes = [r for r in REGIMES[1:] if any(r in cells for cells in columns.values())]
+    regimes = [r for r in ordered_regimes(r for cells in columns.values() for r in cells) if r != "original"]
     header = ["p (vs Original / vs Adjusted)"] + [col.label for col in columns]
     rows = []
     for regime in regimes:
-        row = [ROW_LABELS[regime]]
+        row = [row_label(regime)]
         for cells in columns.values():
             cell = cells.get(regime)
             if cell is None:
@@ -585,6 +615,7 @@ def build_report(results_dir: str, args: ReportArguments) -> dict:
         report["tasks"][task] = {
             "title": title, "split": split, "note": note,
             "header": header, "rows": rows,
+            "regimes": {r: row_label(r) for r in ordered_regimes(r for cells in columns.values() for r in cells)},
             **({"measure": NER_MEASURES[args.ner_metric], "ner_metric": args.ner_metric} if kind == "ner" else {}),
             "markdown": to_markdown(header, rows), "csv": to_csv(header, rows),
             "p_values_markdown": to_markdown(p_header, p_rows) if p_rows else "",
@@ -630,7 +661,7 @@ def plot_layer_curves(report: dict, output_dir: str) -> List[str]:
         for ax, col in zip(axes[0], columns):
             for regime, cell in col["cells"].items():
                 mrr = 100 * np.asarray(cell["mrr_by_layer"])
-                line, = ax.plot(range(len(mrr)), mrr, marker=".", label=ROW_LABELS.get(regime, regime))
+                line, = ax.plot(range(len(mrr)), mrr, marker=".", label=row_label(regime))
                 ax.plot([cell["best_layer"]], [mrr[cell["best_layer"]]], "o", color=line.get_color())
             ax.set_title(col["label"])
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -678,3 +678,421 @@ def test_the_e5_offline_grid_plans_on_the_shared_data(tmp_path, shared_data, tin
     steps = build_plan(load_config(str(path)))
     inputs = {os.path.relpath(os.path.join(ROOT, p), shared_data) for s in steps for p in s.inputs}
     assert {"xnli/test-hi.tsv", "xnli/test-en.tsv", "wikiann/dev-hi.tsv", "tatoeba"} <= inputs
+
+
+# --- the regimes of issue 12: adjusted_multi, adjusted_n{size}, rotation, normalized ---------------
+
+NEW_REGIMES = ["original", "adjusted", "adjusted_multi", "rotation", "normalized"]
+TRANSFORMS = ["-m", "hf_xladjust.evaluation.transforms"]
+
+
+def new_regimes_config(tmp_path, **over):
+    """es and ru, 2 seeds, every new regime, parallel_sizes [10, 5]; nli trains, xsr evaluates the start model
+    (original, rotation) and xsr_nli the NLI models (original, normalized)."""
+    cfg = base_config(tmp_path, regimes=list(NEW_REGIMES), parallel_sizes=[10, 5], **over)
+    cfg["tasks"]["xsr"] = {"regimes": ["original", "rotation"], "args": {"tatoeba_dir": str(tmp_path)}}
+    cfg["tasks"]["xsr_nli"] = {"script": "run_xsr.py", "trains": False, "language_arg": "languages",
+                               "model_from": "nli", "regimes": ["original", "normalized"],
+                               "args": {"tatoeba_dir": str(tmp_path)}}
+    cfg["transform"] = {"args": {"per_device_batch_size": 8}, "resources": {"gpus": 1, "est_hours": 0.1}}
+    return cfg
+
+
+def test_new_regimes_steps_commands_and_dependencies(tmp_path):
+    steps = build_plan(parse_config(new_regimes_config(tmp_path), "grid.yaml"))
+    by = {s.name: s for s in steps}
+    names = list(by)
+    res, model = str(tmp_path / "results"), str(tmp_path / "model")
+    corpus = str(tmp_path / "en-es.txt")
+    for i, s in enumerate(steps):  # dependencies always come first, and exist
+        assert all(names.index(d) < i for d in s.deps), s.name
+
+    # parallel_sizes: adjust_n{size}/{lang}/seed{n} with max_sentences = size, smallest size first
+    assert [n for n in names if n.startswith("adjust_n") and n.endswith("/es/seed0")] == [
+        "adjust_n5/es/seed0", "adjust_n10/es/seed0"]
+    sized = argmap(by["adjust_n10/ru/seed1"])
+    assert sized["max_sentences"] == ["10"] and sized["seed"] == ["1"]
+    assert sized["output_dir"] == [f"{res}/adjust_n10/ru/seed1"] and sized["target_lang"] == ["ru"]
+    assert sized["alignment_file"] == [f"{res}/align/ru/alignment.pharaoh"] and sized["aligner"] == ["pharaoh"]
+    assert by["adjust_n10/ru/seed1"].deps == ["align/ru"] and by["adjust_n10/ru/seed1"].script == ["run_adjust.py"]
+    assert argmap(by["adjust/ru/seed1"])["max_sentences"] == ["30"]  # the adjusted regime keeps its own
+    task = by["nli/adjusted_n5/es/seed1"]
+    assert argmap(task)["model_name_or_path"] == [f"{res}/adjust_n5/es/seed1"] and task.deps == ["adjust_n5/es/seed1"]
+    assert argmap(task)["eval_languages"] == ["es"] and task.resume
+    # ... and the tasks that run `adjusted` run them (xsr_nli lists only original and normalized: not it)
+    assert not [n for n in names if n.startswith(("xsr/adjusted", "xsr_nli/adjusted"))]
+
+    # adjusted_multi: one run_adjust.py --parallel per seed over every language, from the shared alignments
+    multi = by["adjust/multi/seed1"]
+    m = argmap(multi)
+    assert m["parallel"] == [f"es={corpus}", f"ru={corpus},{corpus}"]
+    assert m["alignment_files"] == [f"es={res}/align/es/alignment.pharaoh", f"ru={res}/align/ru/alignment.pharaoh"]
+    assert m["aligner"] == ["pharaoh"] and m["max_sentences"] == ["30"] and m["seed"] == ["1"]
+    assert m["output_dir"] == [f"{res}/adjust/multi/seed1"] and multi.output_dir == f"{res}/adjust/multi/seed1"
+    assert not {"target_lang", "source_lang", "train_file", "source_file", "alignment_file"} & set(m)
+    assert multi.deps == ["align/es", "align/ru"] and multi.outputs == by["adjust/es/seed0"].outputs
+    assert "adjust/multi/seed0" in names and "adjust/multi/seed2" not in names
+    mt = by["nli/adjusted_multi/all/seed1"]
+    assert argmap(mt)["model_name_or_path"] == [f"{res}/adjust/multi/seed1"] and mt.deps == ["adjust/multi/seed1"]
+    assert argmap(mt)["eval_languages"] == ["es", "ru"] and mt.resume
+    assert mt.links == [f"{res}/nli/adjusted_multi/es/seed1", f"{res}/nli/adjusted_multi/ru/seed1"]
+    assert not [n for n in names if n.startswith("nli/adjusted_multi/") and "/all/" not in n]
+
+    # rotation / normalized: a fit per (regime, model, language, seed) on the Original fine-tuned model...
+    fit = by["transform/rotation/nli/es/seed1"]
+    f = argmap(fit)
+    assert fit.script == TRANSFORMS and fit.kind == "transform" and not fit.resume
+    assert f["kind"] == ["rotation"] and f["model_name_or_path"] == [f"{res}/nli/original/all/seed1"]
+    assert f["train_file"] == [corpus] and f["target_lang"] == ["es"] and f["max_sentences"] == ["30"]
+    assert f["aligner"] == ["pharaoh"] and f["alignment_file"] == [f"{res}/align/es/alignment.pharaoh"]
+    assert f["seed"] == ["1"] and f["output_dir"] == [f"{res}/transform/rotation/nli/es/seed1"]
+    assert f["per_device_batch_size"] == ["8"] and "report_to" not in f  # transform.args, not common_args
+    assert fit.deps == ["nli/original/all/seed1", "align/es"] and "representation_transform.pt" in fit.outputs
+    assert argmap(by["transform/normalized/nli/ru/seed0"])["kind"] == ["normalize"]
+    assert argmap(by["transform/normalized/nli/ru/seed0"])["source_file"] == [corpus]
+    # ... then the task script, evaluation only, on that model through the fitted transform
+    rot = by["nli/rotation/ru/seed0"]
+    r = argmap(rot)
+    assert r["model_name_or_path"] == [f"{res}/nli/original/all/seed0"] and r["do_train"] == ["false"]
+    assert r["representation_transform"] == [f"{res}/transform/rotation/nli/ru/seed0"]
+    assert r["eval_languages"] == ["ru"] and r["seed"] == ["0"] and r["do_predict"] == ["true"]
+    assert r["output_dir"] == [f"{res}/nli/rotation/ru/seed0"] and rot.script == ["run_glue_xl.py"]
+    assert rot.deps == ["nli/original/all/seed0", "transform/rotation/nli/ru/seed0"] and not rot.resume
+    assert "per_device_train_batch_size" not in r  # no training: the paper's batch split does not apply
+    # evaluation-only tasks: the start model (key `start`), or the Original models of model_from
+    x = by["xsr/rotation/es/seed1"]
+    assert argmap(x)["model_name_or_path"] == [model] and "do_train" not in argmap(x)
+    assert argmap(x)["representation_transform"] == [f"{res}/transform/rotation/start/es/seed1"]
+    assert x.deps == ["transform/rotation/start/es/seed1"]
+    assert argmap(by["transform/rotation/start/es/seed1"])["model_name_or_path"] == [model]
+    assert by["transform/rotation/start/es/seed1"].deps == ["align/es"]
+    xn = by["xsr_nli/normalized/ru/seed1"]
+    assert argmap(xn)["model_name_or_path"] == [f"{res}/nli/original/all/seed1"]
+    assert argmap(xn)["representation_transform"] == [f"{res}/transform/normalized/nli/ru/seed1"]  # nli's own fit
+    assert xn.deps == ["nli/original/all/seed1", "transform/normalized/nli/ru/seed1"]
+    fits = sorted(n for n in names if n.startswith("transform/"))
+    assert fits == sorted(f"transform/{regime}/{key}/{lang}/seed{s}" for regime, key in
+                          (("rotation", "nli"), ("normalized", "nli"), ("rotation", "start"))
+                          for lang in ("es", "ru") for s in (0, 1))
+    # per-language alignment mode: the multi run aligns each corpus itself
+    cfg = new_regimes_config(tmp_path)
+    cfg["alignment"] = {"mode": "per_run", "args": {"max_sentences": 30}}
+    by = {s.name: argmap(s) for s in build_plan(parse_config(cfg, "grid.yaml"))}
+    assert by["adjust/multi/seed0"]["aligner"] == ["eflomal"] and "alignment_files" not in by["adjust/multi/seed0"]
+    assert by["transform/rotation/nli/es/seed0"]["aligner"] == ["eflomal"]
+
+
+def test_new_regimes_fingerprints_and_dependents(tmp_path):
+    base = new_regimes_config(tmp_path)
+    fp0 = {s.name: s.fingerprint for s in build_plan(parse_config(base, "g.yaml"))}
+    assert len(set(fp0.values())) == len(fp0)
+
+    def plan(cfg):
+        return {s.name: s.fingerprint for s in build_plan(parse_config(cfg, "g.yaml"))}
+
+    # changing one size: that size's steps go (and the new size's come); no other fingerprint moves
+    cfg = json.loads(json.dumps(base))
+    cfg["parallel_sizes"] = [12, 5]
+    fp = plan(cfg)
+    gone, new = sorted(set(fp0) - set(fp)), sorted(set(fp) - set(fp0))
+    assert gone == sorted(n for n in fp0 if "adjust_n10/" in n or "/adjusted_n10/" in n)
+    assert new == sorted(n.replace("n10", "n12") for n in gone)
+    assert {n: fp[n] for n in fp0 if n in fp} == {n: v for n, v in fp0.items() if n in fp}
+    # one size's own task arguments: only its task steps
+    cfg = json.loads(json.dumps(base))
+    cfg["tasks"]["nli"]["regime_args"] = {"adjusted_n5": {"learning_rate": 1e-5}}
+    assert sorted(n for n, v in plan(cfg).items() if v != fp0[n]) == sorted(n for n in fp0
+                                                                           if n.startswith("nli/adjusted_n5/"))
+    # adjusted's task arguments go to the adjusted_n{size} runs as well (the same runs with fewer sentences)
+    cfg["tasks"]["nli"]["regime_args"] = {"adjusted": {"learning_rate": 1e-5}}
+    assert sorted(n for n, v in plan(cfg).items() if v != fp0[n]) == sorted(n for n in fp0
+                                                                           if n.startswith("nli/adjusted_n")
+                                                                           or n.startswith("nli/adjusted/"))
+    # the fit's arguments: the fits and the evaluations through them
+    cfg = json.loads(json.dumps(base))
+    cfg["transform"]["args"]["per_device_batch_size"] = 16
+    assert sorted(n for n, v in plan(cfg).items() if v != fp0[n]) == sorted(
+        n for n in fp0 if n.startswith("transform/") or n.split("/")[1] in ("rotation", "normalized"))
+    # a stage-1 argument: every adjustment (per language, per size, multi) and what starts from them
+    cfg = json.loads(json.dumps(base))
+    cfg["adjust"]["args"]["learning_rate"] = 1e-5
+    assert sorted(n for n, v in plan(cfg).items() if v != fp0[n]) == sorted(
+        n for n in fp0 if n.startswith(("adjust", "nli/adjusted")))
+    # the Original NLI run: its fits, its transformed evaluations and the retrieval of its models
+    steps = build_plan(parse_config(base, "g.yaml"))
+    assert dependents(steps, ["nli/original/all/seed0"]) == [
+        "nli/original/all/seed0", "transform/rotation/nli/es/seed0", "nli/rotation/es/seed0",
+        "transform/rotation/nli/ru/seed0", "nli/rotation/ru/seed0", "transform/normalized/nli/es/seed0",
+        "nli/normalized/es/seed0", "transform/normalized/nli/ru/seed0", "nli/normalized/ru/seed0",
+        "xsr_nli/original/all/seed0", "xsr_nli/normalized/es/seed0", "xsr_nli/normalized/ru/seed0"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"regimes": ["adjusted", "rotation"]},
+     "tasks.nli: rotation is fitted on and applied to the Original fine-tuned models of nli; add original"),
+    ({"regimes": ["original", "adjusted", "rotation", "normalized"],
+      "tasks": {"nli": {"regimes": ["adjusted", "rotation", "normalized"]}}},
+     "tasks.nli: rotation and normalized are fitted on and applied to the Original fine-tuned models of nli"),
+    ({"tasks": {"nli": {"regimes": ["adjusted"]},
+                "xsr_nli": {"script": "run_xsr.py", "trains": False, "model_from": "nli",
+                            "regimes": ["adjusted", "rotation"]}}},
+     "tasks.xsr_nli: rotation is fitted on and applied to the Original fine-tuned models of nli"),
+    ({"tasks": {"qa": {}}}, "tasks.qa.regimes: QA does not support rotation"),
+    ({"tasks": {"qa2": {"script": "run_qa_xl.py", "regimes": ["original", "rotation"]}}},
+     "tasks.qa2.regimes: QA does not support rotation"),
+    ({"parallel_sizes": [5, 0]}, "parallel_sizes: a list of positive sentence counts"),
+    ({"parallel_sizes": [-5]}, "parallel_sizes: a list of positive sentence counts"),
+    ({"parallel_sizes": 5000}, "parallel_sizes: a list of positive sentence counts"),
+    ({"parallel_sizes": [True]}, "parallel_sizes: a list of positive sentence counts"),
+    ({"parallel_sizes": [5, 10, 5]}, "parallel_sizes: repeated size in [5, 10, 5]"),
+    ({"parallel_sizes": [30]}, "parallel_sizes: 30 is the max_sentences of the adjusted regime itself"),
+    ({"parallel_sizes": [5], "regimes": ["original", "rotation"]}, "the adjusted_n{size} regimes go with adjusted"),
+    ({"regimes": ["original", "adjusted_n5000"]}, "regimes: adjusted_n5000 is not listed; give its size in "
+                                                  "parallel_sizes: [5000]"),
+    ({"regimes": ["original", "rotated"]}, "unknown regime 'rotated'; choose from original, adjusted, "
+                                           "adjusted_multi, adjusted_cont, original_cont, rotation, normalized"),
+    ({"tasks": {"nli": {"regime_args": {"adjusted_n7": {"learning_rate": 1}}}}},
+     "tasks.nli.regime_args: unknown regime 'adjusted_n7'"),
+    ({"adjust": {"regime_resources": {"adjusted_n7": {"hours": 1}}}},
+     "adjust.regime_resources: 'adjusted_n7' is not adjusted_multi or an adjusted_n{size}"),
+    ({"adjust": {"regime_resources": {"adjusted_multi": {"gpu": 2}}}},
+     "unknown key(s) gpu in adjust.regime_resources.adjusted_multi"),
+    ({"languages": ["es", "multi"]}, "languages: expected language codes"),
+    ({"transform": {"modul": "x"}}, "unknown key(s) modul in transform"),
+])
+def test_new_regime_config_errors(tmp_path, change, message):
+    cfg = base_config(tmp_path, regimes=["original", "adjusted", "rotation"], parallel_sizes=[5])
+    for key, value in change.items():
+        if key == "tasks":
+            for name, settings in value.items():
+                cfg["tasks"].setdefault(name, {}).update(settings)
+        else:
+            cfg[key] = value
+    with pytest.raises(InputError) as err:
+        parse_config(cfg, "grid.yaml")
+    assert str(err.value).startswith("grid.yaml: ") and message in str(err.value)
+
+
+def test_multi_adjustment_refuses_what_parallel_cannot_say(tmp_path):
+    cfg = base_config(tmp_path, regimes=["original", "adjusted_multi"])
+    cfg["alignment"]["args"]["target_lang"] = "en"  # the paper's 'xx ||| en' files: english_side instead
+    with pytest.raises(InputError, match="alignment.args: adjusted_multi runs run_adjust.py --parallel, which names "
+                                         "each corpus's language itself; remove target_lang"):
+        build_plan(parse_config(cfg, "grid.yaml"))
+    cfg = base_config(tmp_path, regimes=["original", "adjusted_multi"])
+    cfg["parallel"]["ru"] = {"source_file": "a,b.en", "target_file": "b.ru"}
+    with pytest.raises(InputError, match="parallel.ru: adjusted_multi passes --parallel ru=SOURCE,TARGET"):
+        build_plan(parse_config(cfg, "grid.yaml"))
+
+
+@pytest.mark.parametrize("args, message", [({"kind": "normalize"}, "transform.args: the grid sets kind itself"),
+                                           ({"seed": 3}, "transform.args: the grid sets seed itself")])
+def test_the_grid_sets_the_fit_kind_and_seed(tmp_path, args, message):
+    cfg = new_regimes_config(tmp_path)
+    cfg["transform"]["args"] = args
+    with pytest.raises(InputError, match=message):
+        build_plan(parse_config(cfg, "grid.yaml"))
+
+
+def test_new_regimes_estimate_kinds(tmp_path):
+    cfg = new_regimes_config(tmp_path)
+    cfg["adjust"]["regime_resources"] = {"adjusted_multi": {"est_hours": 1.0, "hours": 4}}
+    steps = build_plan(parse_config(cfg, "g.yaml"))
+    assert next(s for s in steps if s.name == "adjust/multi/seed0").resources.hours == 4
+    kinds = estimate(steps)["kinds"]
+    assert kinds["adjust (adjusted_multi)"]["steps"] == 2 and kinds["adjust (adjusted_multi)"]["gpu_hours"] == 2.0
+    assert kinds["adjust (adjusted_n5)"]["steps"] == 4 and kinds["adjust (adjusted_n5)"]["hours_per_step"] == 0.25
+    assert kinds["adjust"]["steps"] == 4  # the one-language runs at the full size
+    rotation = kinds["transform (rotation)"]
+    assert rotation["steps"] == 8 and rotation["gpu_hours"] == pytest.approx(0.8)
+    assert kinds["transform (normalized)"]["steps"] == 4
+    assert kinds["nli/rotation (one language)"]["steps"] == 4
+    assert kinds["nli/adjusted_multi (all languages)"]["steps"] == 2
+    assert "| transform (rotation) | 8 | 8 | 1 |" in format_estimate(estimate(steps))
+
+
+def transform_stub(tmp_path):
+    """Stands in for `python -m hf_xladjust.evaluation.transforms`: records its arguments, writes the
+    contract's outputs (representation_transform.pt, run_args.json last)."""
+    stub = tmp_path / "toy_transform.py"
+    stub.write_text(textwrap.dedent('''
+        import json, os, sys
+        out = sys.argv[sys.argv.index("--output_dir") + 1]
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, "representation_transform.pt"), "wb").write(b"stub")
+        json.dump(sys.argv[1:], open(os.path.join(out, "run_args.json"), "w"))
+    '''))
+    return str(stub)
+
+
+def test_local_executor_grid_with_the_new_regimes(tmp_path, capsys):
+    """Every new regime through submitit's local executor with trainer-like scripts (a stub for the
+    transform fit): all steps run once in dependency order, the shared runs' links are made, a rerun
+    runs nothing, and `--only` picks a transformed evaluation with its fit and its Original run."""
+    cfg = toy_config(tmp_path, tmp_path / "no-crash")
+    cfg.update(regimes=list(NEW_REGIMES), parallel_sizes=[20], seeds=[0])
+    cfg["transform"] = {"script": transform_stub(tmp_path), "resources": {"gpus": 0}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--dry_run", "--only", "nli/rotation/*"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^# (\S+)", out, re.M) == ["nli/original/all/seed0", "transform/rotation/nli/es/seed0",
+                                                 "nli/rotation/es/seed0"]
+    assert "# transform/rotation/nli/es/seed0 [to run] fingerprint " in out
+    assert "(after nli/original/all/seed0)" in out and "| transform (rotation) | 1 | 1 | 0 |" in out
+
+    assert grid_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    ran = re.findall(r"\[ran\]\s+(\S+)", out)
+    assert ran == ["adjust/es/seed0", "adjust_n20/es/seed0", "adjust/multi/seed0", "nli/original/all/seed0",
+                   "nli/adjusted/es/seed0", "nli/adjusted_n20/es/seed0", "nli/adjusted_multi/all/seed0",
+                   "transform/rotation/nli/es/seed0", "nli/rotation/es/seed0",
+                   "transform/normalized/nli/es/seed0", "nli/normalized/es/seed0"]
+    res = tmp_path / "results"
+    assert os.readlink(res / "nli" / "adjusted_multi" / "es" / "seed0") == "../all/seed0"
+    fit_args = json.loads((res / "transform/normalized/nli/es/seed0/run_args.json").read_text())
+    assert fit_args[fit_args.index("--kind") + 1] == "normalize"
+    assert fit_args[fit_args.index("--model_name_or_path") + 1] == str(res / "nli/original/all/seed0")
+    calls = json.loads((res / "nli/rotation/es/seed0/calls.jsonl").read_text().splitlines()[0])
+    assert calls[calls.index("--representation_transform") + 1] == str(res / "transform/rotation/nli/es/seed0")
+    assert calls[calls.index("--do_train") + 1] == "false" and "--resume_from_checkpoint" not in calls
+    multi = json.loads((res / "adjust/multi/seed0/calls.jsonl").read_text().splitlines()[0])
+    assert multi[multi.index("--parallel") + 1] == f"es={tmp_path / 'en-es.txt'}"
+    assert multi[multi.index("--alignment_files") + 1] == f"es={tmp_path / 'es.pharaoh'}"
+    assert grid_main([str(path)]) == 0
+    assert "Summary: 11 done" in capsys.readouterr().out
+    # a new size runs its own two steps, nothing else
+    cfg["parallel_sizes"] = [20, 10]
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path)]) == 0
+    assert re.findall(r"\[ran\]\s+(\S+)", capsys.readouterr().out) == ["adjust_n10/es/seed0",
+                                                                       "nli/adjusted_n10/es/seed0"]
+
+
+def _contract_transforms_parser():
+    """The fit CLI's flags as the contract (notes, issue 12, section A) gives them: ModelArguments +
+    AdjustDataArguments + TransformArguments; stands in for hf_xladjust.evaluation.transforms until it lands."""
+    from dataclasses import dataclass, field
+
+    from transformers import HfArgumentParser
+
+    from hf_xladjust.alignment.multilingual import AdjustDataArguments
+    from hf_xladjust.cli import ModelArguments
+
+    @dataclass
+    class TransformArguments:
+        output_dir: str
+        kind: str = field(default="rotation", metadata={"choices": ["rotation", "normalize"]})
+        seed: int = 42
+        per_device_batch_size: int = 32
+        overwrite_output_dir: bool = False
+
+    return HfArgumentParser((ModelArguments, AdjustDataArguments, TransformArguments))
+
+
+def test_dry_run_checks_the_fit_steps(tmp_path, monkeypatch, capsys):
+    """The fit steps' flags are those of the contract's CLI; a module without build_parser() is not checked
+    (as a script without one), a module that does not exist is an error naming the step."""
+    import types
+
+    from hf_xladjust.experiments import validate
+
+    cfg = new_regimes_config(tmp_path)
+    path = tmp_path / "grid.yaml"
+    only = ["--dry_run", "--only", "transform/*"]  # the task steps need the scripts' --representation_transform
+    fake = types.ModuleType("hf_xladjust.evaluation.transforms")
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(validate, "_PARSERS", {})
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path)] + only) == 0  # no build_parser: skipped
+    assert "# transform/normalized/nli/ru/seed1 [to run]" in capsys.readouterr().out
+
+    fake.build_parser = _contract_transforms_parser
+    monkeypatch.setattr(validate, "_PARSERS", {})
+    assert grid_main([str(path)] + only) == 0  # every fit step's flags parse
+    capsys.readouterr()
+    cfg["transform"]["args"] = {"per_device_batch_sise": 8}
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(validate, "_PARSERS", {})
+    with pytest.raises(InputError, match=re.escape(
+            "step transform/rotation/nli/es/seed0: hf_xladjust.evaluation.transforms has no argument "
+            "'per_device_batch_sise' (did you mean per_device_batch_size?) (key per_device_batch_sise in "
+            "transform.args)")):
+        grid_main([str(path)] + only)
+    cfg["transform"] = {"module": "hf_xladjust.evaluation.no_such_fit"}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(InputError, match=re.escape("step transform/rotation/nli/es/seed0: no module "
+                                                   "hf_xladjust.evaluation.no_such_fit")):
+        grid_main([str(path)] + only)
+
+
+def test_new_regime_steps_pass_the_real_parsers(tmp_path, capsys):
+    """Once the transform CLI and the scripts' --representation_transform are there (branch i12-transforms),
+    every step of a grid with every new regime passes its script's own parser."""
+    import importlib.util
+
+    from hf_xladjust.experiments.validate import _script_parser
+
+    steps = build_plan(parse_config(new_regimes_config(tmp_path), "g.yaml"))
+    rotation = next(s for s in steps if s.name == "nli/rotation/es/seed0")
+    parser = _script_parser(rotation)
+    if (importlib.util.find_spec("hf_xladjust.evaluation.transforms") is None
+            or "--representation_transform" not in parser._option_string_actions):
+        pytest.skip("the transform CLI and --representation_transform are not on this branch yet")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(new_regimes_config(tmp_path)))
+    assert grid_main([str(path), "--dry_run"]) == 0
+    assert "# xsr_nli/normalized/ru/seed1 [to run]" in capsys.readouterr().out
+
+
+def _has_transforms():
+    """The transform CLI and the scripts' --representation_transform (branch i12-transforms) are there."""
+    import importlib.util
+
+    return (importlib.util.find_spec("hf_xladjust.evaluation.transforms") is not None
+            and "--representation_transform" in (ROOT / "run_glue_xl.py").read_text())
+
+
+@pytest.mark.slow
+def test_tiny_grid_new_regimes_end_to_end(tmp_path, tiny_model_dir):
+    """The real scripts on tiny BERT, es and ru, one seed: adjusted_multi (run_adjust.py --parallel over the
+    shared alignments), parallel_sizes [16] and, where the transform CLI is there, rotation and normalized;
+    then the report's rows."""
+    nli = write_nli(tmp_path / "xnli")
+    en, ru = fixture_lines("en"), fixture_lines("ru")
+    (nli / "test-ru.tsv").write_text("".join(f"{ru[(i + 5) % 12]}\t{ru[(i * 5 + 6) % 12]}\t{LABELS[i % 3]}\n"
+                                             for i in range(24)), encoding="utf-8")
+    (tmp_path / "en-ru.txt").write_text("".join(f"{en[i]} {en[(i + k) % 12]} ||| {ru[i]} {ru[(i + k) % 12]}\n"
+                                                for k in range(1, 5) for i in range(12)), encoding="utf-8")
+    transforms = _has_transforms()
+    results = tmp_path / "results"
+    cfg = {"model_name_or_path": tiny_model_dir, "results_dir": str(results), "languages": ["es", "ru"],
+           "seeds": [0], "regimes": ["original", "adjusted", "adjusted_multi"]
+           + (["rotation", "normalized"] if transforms else []), "parallel_sizes": [16],
+           "parallel": {"es": write_parallel(tmp_path / "en-es.txt"), "ru": str(tmp_path / "en-ru.txt")},
+           "workdir": str(ROOT), "alignment": {"args": {"max_sentences": 32}},
+           "adjust": {"args": {"per_device_train_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
+           "transform": {"args": {"per_device_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
+           "common_args": {"use_cpu": True, "report_to": "none", "disable_tqdm": True},
+           "tasks": {"nli": {"args": {"train_file": str(nli / "train-en.tsv"),
+                                      "test_file_pattern": str(nli / "test-{lang}.tsv"), "num_train_epochs": 1,
+                                      "per_device_train_batch_size": 16},
+                             "resources": {"gpus": 0, "hours": 0.5}}},
+           "env": OFFLINE}
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = run_grid(str(config))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = json.loads((results / "adjust/multi/seed0/alignment_stats.json").read_text())
+    assert sorted(stats["languages"]) == ["es", "ru"]
+    assert all(s["sentences_read"] == 32 for s in stats["languages"].values())  # max_sentences per language
+    sized = json.loads((results / "adjust_n16/ru/seed0/alignment_stats.json").read_text())
+    assert sized["sentences_read"] == 16
+    assert "test_ru_accuracy" in json.loads((results / "nli/adjusted_multi/ru/seed0/all_results.json").read_text())
+    report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(results)], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = json.loads((results / "report" / "report.json").read_text())["tasks"]["nli"]
+    assert [row[0] for row in table["rows"]] == ["Original", "Adjusted", "Adjusted (16 sent.)", "Adjusted (multi)"] + (
+        ["Rotation", "Normalized"] if transforms else [])
+    assert table["header"] == ["model", "en (es)", "en (ru)", "es", "ru", "mixed_es", "mixed_ru"]

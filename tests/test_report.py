@@ -460,3 +460,96 @@ def test_orig_cont_row_and_argument_checks(tmp_path, capsys):
     assert "unknown task" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 1
     assert "not a folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the regimes of issue 12
+NEW_ROWS = [("original", "Original"), ("adjusted", "Adjusted"), ("adjusted_n5000", "Adjusted (5000 sent.)"),
+            ("adjusted_n10000", "Adjusted (10000 sent.)"), ("adjusted_multi", "Adjusted (multi)"),
+            ("adjusted_cont", "Adj + cont"), ("original_cont", "Orig + cont"), ("rotation", "Rotation"),
+            ("normalized", "Normalized")]
+
+
+def test_new_regime_rows_labels_marks_and_p_values(tmp_path):
+    """Every regime in the contract's row order, from prediction files laid out as the grid writes them:
+    Original and Adjusted (multi) once per seed in `all/` with per-language links, the others per language.
+    Means, p-values (scipy.stats.ttest_rel on per-example correctness averaged over seeds) and marks are
+    recomputed here from the drawn correctness."""
+    rng = np.random.default_rng(12)
+    results, n, seeds = tmp_path / "r", 80, (0, 1, 2)
+    rates = {"original": 0.45, "adjusted": 0.8, "adjusted_n5000": 0.55, "adjusted_n10000": 0.7,
+             "adjusted_multi": 0.78, "adjusted_cont": 0.85, "original_cont": 0.5, "rotation": 0.62,
+             "normalized": 0.47}
+    correct = {}  # (regime, set, seed) -> correctness of examples 0..n-1
+    for regime in reversed(list(rates)):  # folder creation order does not decide the row order
+        shared = regime in ("original", "adjusted_multi")
+        for seed in seeds:
+            for set_name in ("es", "ru", "en") if shared else ("es", "ru"):
+                c = rng.random(n) < (rates[regime] + (0.1 if set_name == "en" else 0.0))
+                correct[(regime, set_name, seed)] = c.astype(float)
+                folder = results / "nli" / regime / ("all" if shared else set_name) / f"seed{seed}"
+                order = rng.permutation(n)
+                _write_jsonl(folder / f"predictions_test_{set_name}.jsonl",
+                             [{"id": f"{set_name}-{i}", "correct": bool(c[i])} for i in order])
+            if shared:
+                for lang in ("es", "ru"):
+                    (results / "nli" / regime / lang).mkdir(parents=True, exist_ok=True)
+                    os.symlink(results / "nli" / regime / "all" / f"seed{seed}",
+                               results / "nli" / regime / lang / f"seed{seed}", target_is_directory=True)
+    out = tmp_path / "out"
+    assert main([str(results), "--output_dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    table = report["tasks"]["nli"]
+    assert [row[0] for row in table["rows"]] == [label for _, label in NEW_ROWS]
+    assert table["regimes"] == dict(NEW_ROWS)
+    assert table["header"] == ["model", "en (es)", "en (ru)", "es", "ru"]
+
+    def mean_over_seeds(regime, set_name):
+        return np.mean([correct[(regime, set_name, s)] for s in seeds], axis=0)
+
+    columns = {c["label"]: c["cells"] for c in table["columns"]}
+    p_rows = {label: ["-"] * 4 for regime, label in NEW_ROWS if regime != "original"}
+    seen_marks = set()
+    for j, (col, set_name) in enumerate((("en (es)", "en"), ("en (ru)", "en"), ("es", "es"), ("ru", "ru"))):
+        orig = mean_over_seeds("original", set_name)
+        for k, (regime, label) in enumerate(NEW_ROWS):
+            shown = table["rows"][k][j + 1]
+            if (regime, set_name, 0) not in correct:  # only the shared folders have English files
+                assert regime not in columns[col] and shown == "-"
+                continue
+            x = mean_over_seeds(regime, set_name)
+            m = columns[col][regime]["metrics"]["accuracy"]
+            assert m["mean"] == pytest.approx(x.mean())
+            marks = ""
+            if regime != "original":
+                p_orig = stats.ttest_rel(x, orig).pvalue
+                assert m["p_vs_original"] == pytest.approx(p_orig)
+                marks = "*" if p_orig < 0.05 else ""
+                p_text = f"{p_orig:.3g}"
+                if regime != "adjusted":
+                    if set_name == "en":  # no Adjusted cell in the English columns: no ** test
+                        assert "p_vs_adjusted" not in m
+                        p_text += " / -"
+                    else:
+                        p_adj = stats.ttest_rel(x, mean_over_seeds("adjusted", set_name)).pvalue
+                        assert m["p_vs_adjusted"] == pytest.approx(p_adj)
+                        marks = ",".join(filter(None, [marks, "**" if p_adj < 0.05 else ""]))
+                        p_text += f" / {p_adj:.3g}"
+                p_rows[label][j] = p_text
+            assert m["marks"] == marks
+            seen_marks.add(marks)
+            assert shown == f"{100 * x.mean():.1f}{marks}"
+    assert seen_marks == {"", "*", "**", "*,**"}  # the draw exercises every mark
+    # the shared folders are read through their links: the multi run's English and per-language files
+    assert columns["en (ru)"]["adjusted_multi"]["metrics"]["accuracy"]["mean"] == pytest.approx(
+        mean_over_seeds("adjusted_multi", "en").mean())
+    assert columns["ru"]["adjusted_multi"]["files"][0] == str(
+        results / "nli" / "adjusted_multi" / "ru" / "seed0" / "predictions_test_ru.jsonl")
+    assert set(columns["en (es)"]) == {"original", "adjusted_multi"}
+    # the p-values behind the marks, listed under the table in report.md
+    md = (out / "report.md").read_text()
+    for label, cells in p_rows.items():
+        assert f"| {label} | {' | '.join(cells)} |\n" in md
+    assert md.index("| Adjusted (5000 sent.) |") < md.index("| Adjusted (10000 sent.) |") < md.index("| Rotation |")
+    (results / "nli" / "adjusted_n0").mkdir()  # not a regime: warned about and skipped
+    assert [row[0] for row in build_report(str(results), ReportArguments())["tasks"]["nli"]["rows"]] == [
+        label for _, label in NEW_ROWS]

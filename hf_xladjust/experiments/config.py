@@ -1,5 +1,11 @@
 """The grid's configuration: one YAML (or JSON) file read into dataclasses and checked before anything runs.
 
+Regimes (`regimes:`): `original`, `adjusted` (one adjustment per language), `adjusted_multi` (one adjustment
+over all the grid's languages at once, as Cao et al.), `adjusted_cont`, `original_cont`, and the
+evaluation-time transforms of the Original fine-tuned models, `rotation` (orthogonal Procrustes) and
+`normalized` (vector-space normalisation). `parallel_sizes: [5000, 10000]` adds `adjusted_n5000`, ...
+(the adjustment with that many sentences; the paper's footnote), run by every task that runs `adjusted`.
+
 Relative paths in the file are relative to `workdir` (default: the folder the grid is started from),
 where the run_*.py scripts live and where every step runs. `${lang}`, `${seed}`, `${results_dir}`
 and `${model}` in argument values are filled in by the grid; `{lang}` (no dollar) is left alone for
@@ -8,14 +14,32 @@ the scripts' own file patterns such as `--test_file_pattern 'xnli/test-{lang}.ts
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.tasks.xnli import MIXED_LANGUAGE_SEED
 
-REGIMES = ("original", "adjusted", "adjusted_cont", "original_cont")
+REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_cont", "rotation", "normalized")
+# Evaluation-time transforms fitted on the Original fine-tuned model: regime -> the fit module's --kind.
+TRANSFORM_REGIMES = {"rotation": "rotation", "normalized": "normalize"}
+# Regimes whose one run per seed serves every language (`{task}/{regime}/all/seed{n}`, linked per language).
+SHARED_REGIMES = ("original", "adjusted_multi")
+MULTI = "multi"  # adjust/multi/seed{n}: the adjustment over all languages at once
 KNOWN_TASKS = ("nli", "ner", "qa", "xsr")
+_SIZED = re.compile(r"^adjusted_n([1-9][0-9]*)$")
+
+
+def sized_regime(size: int) -> str:
+    """The regime of the adjustment with `size` sentences (`parallel_sizes`): `adjusted_n5000`."""
+    return f"adjusted_n{size}"
+
+
+def regime_size(regime: str) -> Optional[int]:
+    """5000 for `adjusted_n5000`, None for any other regime."""
+    m = _SIZED.match(regime)
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -72,6 +96,26 @@ class AdjustConfig:
     script: str = "run_adjust.py"
     args: Dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=lambda: Resources(gpus=1))
+    # resources that differ for adjusted_multi (every language in one run) or an adjusted_n{size} regime
+    regime_resources: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def resources_for(self, regime: str) -> Resources:
+        return dataclasses.replace(self.resources, **self.regime_resources.get(regime, {}))
+
+
+@dataclass
+class TransformConfig:
+    """The fit step of `rotation` / `normalized`: `python -m {module}` (or `script`, a file of one's own) with
+    the language's parallel corpus and alignment as run_adjust.py gets them, plus `args`."""
+
+    module: str = "hf_xladjust.evaluation.transforms"
+    script: Optional[str] = None
+    args: Dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=lambda: Resources(gpus=1, hours=1.0))
+
+    @property
+    def command(self) -> List[str]:
+        return [self.script] if self.script else ["-m", self.module]
 
 
 @dataclass
@@ -92,10 +136,25 @@ class TaskConfig:
     regime_resources: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def regimes_of(self, grid_regimes: List[str]) -> List[str]:
-        return [r for r in grid_regimes if self.regimes is None or r in self.regimes]
+        """The regimes this task runs; an `adjusted_n{size}` regime goes with `adjusted`."""
+        return [r for r in grid_regimes if self.regimes is None or r in self.regimes
+                or (regime_size(r) is not None and "adjusted" in self.regimes)]
+
+    @staticmethod
+    def inherited_regimes(regime: str) -> List[str]:
+        # an adjusted_n{size} run is an `adjusted` run with fewer sentences: adjusted's settings, then its own
+        return ["adjusted", regime] if regime_size(regime) is not None else [regime]
+
+    def args_for(self, regime: str) -> Dict[str, Any]:
+        return {k: v for r in self.inherited_regimes(regime) for k, v in self.regime_args.get(r, {}).items()}
 
     def resources_for(self, regime: str) -> Resources:
-        return dataclasses.replace(self.resources, **self.regime_resources.get(regime, {}))
+        over = {k: v for r in self.inherited_regimes(regime) for k, v in self.regime_resources.get(r, {}).items()}
+        return dataclasses.replace(self.resources, **over)
+
+    @property
+    def is_qa(self) -> bool:
+        return os.path.basename(self.script) == "run_qa_xl.py"
 
 
 # What each known task runs by default; the config's values are merged over these.
@@ -132,6 +191,9 @@ class GridConfig:
     regimes: List[str] = field(default_factory=lambda: ["original", "adjusted", "adjusted_cont"])
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     adjust: AdjustConfig = field(default_factory=AdjustConfig)
+    # adjusted_n{size} regimes: the adjustment with `size` sentences per seed (paper, footnote), beside `adjusted`
+    parallel_sizes: List[int] = field(default_factory=list)
+    transform: TransformConfig = field(default_factory=TransformConfig)
     common_args: Dict[str, Any] = field(default_factory=dict)  # given to run_adjust.py and every task script
     env: Dict[str, str] = field(default_factory=dict)
     keep_checkpoints: bool = False  # False: a finished step's checkpoint-N folders are deleted (disk space)
@@ -141,15 +203,25 @@ class GridConfig:
     source: str = ""  # the file this came from
 
     @property
+    def all_regimes(self) -> List[str]:
+        """`regimes` with the `adjusted_n{size}` of `parallel_sizes` after `adjusted`, smallest first."""
+        sized = [sized_regime(n) for n in sorted(self.parallel_sizes)]
+        out: List[str] = []
+        for r in self.regimes:
+            out += [r] + (sized if r == "adjusted" else [])
+        return out
+
+    @property
     def needs_adjustment(self) -> bool:
+        """One adjustment per language and seed (`adjust/{lang}/seed{n}`)."""
         return any(r in ("adjusted", "adjusted_cont") for r in self.regimes)
 
     @property
     def needs_parallel(self) -> bool:
-        return self.needs_adjustment or "original_cont" in self.regimes
+        return any(r != "original" for r in self.regimes)
 
 
-_SECTIONS = (Resources, ParallelData, AlignmentConfig, AdjustConfig, ExecutorConfig)
+_SECTIONS = (Resources, ParallelData, AlignmentConfig, AdjustConfig, TransformConfig, ExecutorConfig)
 
 
 def _build(cls, data: Any, path: str, where: str):
@@ -198,7 +270,7 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
     languages = data["languages"]
     if isinstance(languages, str):
         languages = data["languages"] = languages.split()
-    if not all(isinstance(x, str) and x and x != "all" and "/" not in x for x in languages):
+    if not all(isinstance(x, str) and x and x not in ("all", MULTI) and "/" not in x for x in languages):
         raise InputError(f"languages: expected language codes, got {languages!r}", path)
     tasks = data.pop("tasks")
     if isinstance(tasks, list):
@@ -210,6 +282,14 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         raise InputError("parallel: a mapping language -> {train_file | source_file + target_file}", path)
     cfg = _build(GridConfig, {**data, "tasks": {}, "parallel": {}}, path, "")
     cfg.source = path
+    for regime in cfg.regimes:
+        if regime_size(regime) is not None:
+            raise InputError(f"regimes: {regime} is not listed; give its size in parallel_sizes: "
+                             f"[{regime_size(regime)}] (with adjusted among the regimes)", path)
+        if regime not in REGIMES:
+            raise InputError(f"regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)} (and "
+                             "adjusted_n{size} through parallel_sizes)", path)
+    _check_parallel_sizes(cfg, path)
 
     for name, settings in tasks.items():
         settings = settings or {}
@@ -223,7 +303,7 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         cfg.tasks[name] = _build(TaskConfig, merged, path, f"tasks.{name}")
         for key in ("regime_args", "regime_resources"):
             for regime, value in getattr(cfg.tasks[name], key).items():
-                if regime not in REGIMES:
+                if regime not in REGIMES and regime_size(regime) not in cfg.parallel_sizes:
                     raise InputError(f"tasks.{name}.{key}: unknown regime {regime!r}", path)
                 if not isinstance(value, dict):
                     raise InputError(f"tasks.{name}.{key}.{regime}: expected a mapping", path)
@@ -239,9 +319,11 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
             raise InputError(f"parallel.{lang}: give train_file, or source_file and target_file", path)
         cfg.parallel[lang] = data_cfg
 
-    for regime in cfg.regimes:
-        if regime not in REGIMES:
-            raise InputError(f"regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)}", path)
+    for regime, value in cfg.adjust.regime_resources.items():
+        if regime != "adjusted_multi" and regime_size(regime) not in cfg.parallel_sizes:
+            raise InputError(f"adjust.regime_resources: {regime!r} is not adjusted_multi or an adjusted_n{{size}} "
+                             f"of parallel_sizes {cfg.parallel_sizes}", path)
+        _build(Resources, value, path, f"adjust.regime_resources.{regime}")
     if cfg.alignment.mode not in ("shared", "per_run"):
         raise InputError(f"alignment.mode: 'shared' or 'per_run', got {cfg.alignment.mode!r}", path)
     if cfg.needs_parallel:
@@ -251,7 +333,7 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
                              "need one per language)", path)
     for name, task in cfg.tasks.items():
         if task.regimes is not None:
-            outside = [r for r in task.regimes if r not in cfg.regimes]
+            outside = [r for r in task.regimes if r not in cfg.all_regimes]
             if outside or not task.regimes:
                 raise InputError(f"tasks.{name}.regimes: {outside or 'an empty list'} not among the grid's regimes "
                                  f"{cfg.regimes}", path)
@@ -264,9 +346,45 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
                 raise InputError(f"tasks.{name}.model_from: {task.model_from!r} is not a task of this grid", path)
             if task.model_from != "start" and not cfg.tasks[task.model_from].trains:
                 raise InputError(f"tasks.{name}.model_from: {task.model_from!r} does not train a model", path)
+    _check_transform_regimes(cfg, path)
     if cfg.executor.cluster not in ("local", "slurm", "debug"):
         raise InputError(f"executor.cluster: local, slurm or debug, got {cfg.executor.cluster!r}", path)
     return cfg
+
+
+def _check_parallel_sizes(cfg: GridConfig, path: str) -> None:
+    sizes = cfg.parallel_sizes
+    if not isinstance(sizes, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                              for n in sizes):
+        raise InputError(f"parallel_sizes: a list of positive sentence counts, got {sizes!r}", path)
+    if len(set(sizes)) != len(sizes):
+        raise InputError(f"parallel_sizes: repeated size in {sizes}", path)
+    if sizes and "adjusted" not in cfg.regimes:
+        raise InputError(f"parallel_sizes: the adjusted_n{{size}} regimes go with adjusted, which is not among the "
+                         f"regimes {cfg.regimes}", path)
+    full = cfg.adjust.args.get("max_sentences", cfg.alignment.args.get("max_sentences"))
+    if full in sizes:
+        raise InputError(f"parallel_sizes: {full} is the max_sentences of the adjusted regime itself", path)
+
+
+def _check_transform_regimes(cfg: GridConfig, path: str) -> None:
+    """rotation / normalized evaluate the Original fine-tuned models: the task (or the task whose models an
+    evaluation-only task reads) must run `original`; run_qa_xl.py has no --representation_transform."""
+    for name, task in cfg.tasks.items():
+        transforms = [r for r in task.regimes_of(cfg.all_regimes) if r in TRANSFORM_REGIMES]
+        if not transforms:
+            continue
+        if task.is_qa or name == "qa":
+            raise InputError(f"tasks.{name}.regimes: QA does not support {', '.join(transforms)} (no "
+                             f"--representation_transform in {task.script}); list the task's regimes without "
+                             "them", path)
+        owner = name if task.trains else task.model_from
+        if owner == "start":
+            continue
+        if "original" not in cfg.tasks[owner].regimes_of(cfg.all_regimes):
+            raise InputError(f"tasks.{name}: {' and '.join(transforms)} {'is' if len(transforms) == 1 else 'are'} "
+                             f"fitted on and applied to the Original fine-tuned models of {owner}; add original "
+                             f"to the regimes (and to tasks.{owner}.regimes if it lists them)", path)
 
 
 def load_config(path: str) -> GridConfig:

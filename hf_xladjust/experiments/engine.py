@@ -131,6 +131,10 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
 
 def _kind(step: Step) -> str:
     """Steps of one kind take about the same time: same script, regime type and scope."""
+    if step.kind == "adjust" and step.regime not in (None, "adjusted"):
+        return f"adjust ({step.regime})"  # the multi-language run, or another sample size
+    if step.kind == "transform":
+        return f"transform ({step.regime})"
     if step.kind != "task":
         return step.kind
     scope = "all languages" if step.lang == "all" else "one language"

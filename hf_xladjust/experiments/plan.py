@@ -1,5 +1,10 @@
 """The plan: every step of the grid with its full command line, output folder, dependencies and fingerprint.
 
+Step kinds: `align` (one per language), `adjust` (`adjust/{lang}/seed{n}`, `adjust/multi/seed{n}` for
+adjusted_multi, `adjust_n{size}/{lang}/seed{n}` for parallel_sizes), `transform` (the fit of rotation /
+normalized, `transform/{regime}/{key}/{lang}/seed{n}`, key the task whose Original fine-tuned model it is
+fitted on, or `start` for the start model of an evaluation-only task) and `task` (`{task}/{regime}/{lang}/seed{n}`).
+
 A step's fingerprint hashes its script and arguments (results-folder paths written relative to the
 results folder, the interpreter left out), its number of processes, the content of every input file
 or folder named in its arguments, and its dependencies' fingerprints. A finished step whose
@@ -17,12 +22,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.experiments.config import GridConfig, Resources
+from hf_xladjust.experiments.config import (
+    MULTI,
+    SHARED_REGIMES,
+    TRANSFORM_REGIMES,
+    GridConfig,
+    Resources,
+    regime_size,
+    sized_regime,
+)
 
 FINGERPRINT_VERSION = "hf_xladjust-grid-v1"
 # Arguments the grid sets itself; a config that sets them would silently break the grid's layout.
 GRID_ARGS = ("model_name_or_path", "output_dir", "seed", "aligned_pairs", "anchor_model_name_or_path",
-             "resume_from_checkpoint", "align_train_file", "align_source_file", "align_target_file")
+             "resume_from_checkpoint", "align_train_file", "align_source_file", "align_target_file",
+             "parallel", "alignment_files", "representation_transform")
+ADJUST_OUTPUTS = ["config.json", "aligned_pairs.jsonl", "train_results.json"]
+TRANSFORM_OUTPUTS = ["representation_transform.pt", "run_args.json"]  # run_args.json: the fit's last write
 # The paper's batches per optimisation step, whatever the number of processes: 32 training examples
 # (32 sentence pairs in the adjustment) and, in continual runs, a side batch of 16 aligned pairs.
 PAPER_TRAIN_BATCH = 32
@@ -32,7 +48,7 @@ PAPER_ALIGN_BATCH = 16
 @dataclass
 class Step:
     name: str  # e.g. "adjust/es/seed0", "nli/adjusted_cont/es/seed3", "nli/original/all/seed0"
-    kind: str  # align | adjust | task
+    kind: str  # align | adjust | transform | task
     output_dir: str
     script: List[str]  # ["run_glue_xl.py"] or ["-m", "module"]
     args: List[str]
@@ -224,8 +240,32 @@ def compute_fingerprint(step: Step, deps: Dict[str, str], results_dir: str) -> s
 
 # --- the plan ----------------------------------------------------------------------------------------
 
+def _multi_args(cfg: GridConfig, alignment_file: Dict[str, str], source: str) -> Dict[str, Any]:
+    """run_adjust.py's corpora for adjusted_multi: `--parallel es=FILE ru=SRC,TGT ...` with, from the shared
+    (or given) alignments, `--aligner pharaoh --alignment_files es=F ...`, and the pair options of
+    alignment.args (the same per-language sample size and filters as the one-language runs)."""
+    named = sorted({"source_lang", "target_lang", "alignment_file"} & set(cfg.alignment.args))
+    if named:
+        raise InputError(f"alignment.args: adjusted_multi runs run_adjust.py --parallel, which names each corpus's "
+                         f"language itself; remove {', '.join(named)} (english_side: target for 'xx ||| en' "
+                         "corpora)", source)
+    specs = []
+    for lang in cfg.languages:
+        files = [f for f in cfg.parallel[lang].args().values()]
+        if any("," in f for f in files):
+            raise InputError(f"parallel.{lang}: adjusted_multi passes --parallel {lang}=SOURCE,TARGET, which "
+                             f"cannot hold a path with a comma ({', '.join(files)})", source)
+        specs.append(f"{lang}=" + ",".join(files))
+    args: Dict[str, Any] = {"parallel": specs, **cfg.alignment.args}
+    if all(lang in alignment_file for lang in cfg.languages):
+        args.update(aligner="pharaoh", alignment_files=[f"{x}={alignment_file[x]}" for x in cfg.languages])
+    else:
+        args.update(aligner=cfg.alignment.aligner, symmetrization=cfg.alignment.symmetrization)
+    return args
+
+
 def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
-    """All steps of the grid, dependencies first: alignments, adjustments, then each task."""
+    """All steps of the grid, dependencies first: alignments, adjustments, transform fits, then each task."""
     workdir = os.path.abspath(workdir or cfg.workdir or os.getcwd())
     results = os.path.normpath(os.path.join(workdir, cfg.results_dir))
     python = cfg.python or sys.executable
@@ -234,6 +274,10 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
     common = {"python": python, "workdir": workdir, "env": dict(cfg.env), "keep_checkpoints": cfg.keep_checkpoints}
     _check_grid_args(cfg.common_args, "common_args", src)
     _check_grid_args(cfg.adjust.args, "adjust.args", src)
+    _check_grid_args(cfg.transform.args, "transform.args", src)
+    if "kind" in cfg.transform.args:
+        raise InputError("transform.args: the grid sets kind itself (rotation or normalize, from the regime); "
+                         "remove it from the configuration", src)
     steps: List[Step] = []
 
     def out(*parts):
@@ -266,51 +310,99 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
             return {**pair_args, "aligner": "pharaoh", "alignment_file": alignment_file[lang]}
         return {**pair_args, "aligner": cfg.alignment.aligner, "symmetrization": cfg.alignment.symmetrization}
 
-    # 2. stage 1: one adjustment per language and seed
-    if cfg.needs_adjustment:
-        for lang in cfg.languages:
-            for seed in cfg.seeds:
-                values = {"lang": lang, "seed": seed, "results_dir": results, "model": model}
-                args = {"model_name_or_path": model, **cfg.parallel[lang].args(), **alignment_args(lang),
-                        **_fill(cfg.common_args, values, "common_args", src),
-                        **_fill(cfg.adjust.args, values, "adjust.args", src)}
-                args.update(_paper_batches(args, cfg.adjust.resources, False, "adjust", src))
-                args.update(seed=seed, output_dir=out("adjust", lang, f"seed{seed}"))
-                steps.append(Step(name=f"adjust/{lang}/seed{seed}", kind="adjust",
-                                  output_dir=out("adjust", lang, f"seed{seed}"), script=[cfg.adjust.script],
-                                  args=to_argv(args), resources=cfg.adjust.resources,
-                                  deps=[align_step[lang]] if lang in align_step else [],
-                                  outputs=["config.json", "aligned_pairs.jsonl", "train_results.json"],
-                                  resume=True, lang=lang, seed=seed, **common))
+    # 2. stage 1: one adjustment per language and seed; per size (parallel_sizes); over all languages (multi)
+    def adjust_step(name: str, lang_args: Dict[str, Any], seed: int, regime: str, deps: List[str],
+                    lang: Optional[str], extra: Optional[Dict[str, Any]] = None) -> Step:
+        values = {"seed": seed, "results_dir": results, "model": model, **({"lang": lang} if lang else {})}
+        resources = cfg.adjust.resources_for(regime)
+        args = {"model_name_or_path": model, **lang_args, **_fill(cfg.common_args, values, "common_args", src),
+                **_fill(cfg.adjust.args, values, "adjust.args", src), **(extra or {})}
+        args.update(_paper_batches(args, resources, False, "adjust", src))
+        output_dir = out(name)
+        args.update(seed=seed, output_dir=output_dir)
+        return Step(name=name, kind="adjust", output_dir=output_dir, script=[cfg.adjust.script], args=to_argv(args),
+                    resources=resources, deps=deps, outputs=list(ADJUST_OUTPUTS), resume=True, regime=regime,
+                    lang=lang, seed=seed, **common)
 
-    # 3. tasks: fine-tune on English and evaluate zero-shot (or evaluate only, e.g. XSR)
+    regimes = cfg.all_regimes
+    for lang in cfg.languages:
+        pair_args = {**cfg.parallel[lang].args(), **alignment_args(lang)} if cfg.needs_parallel else {}
+        deps = [align_step[lang]] if lang in align_step else []
+        for seed in cfg.seeds if cfg.needs_adjustment else ():
+            steps.append(adjust_step(f"adjust/{lang}/seed{seed}", pair_args, seed, "adjusted", deps, lang))
+        for size in sorted(cfg.parallel_sizes):
+            for seed in cfg.seeds:
+                steps.append(adjust_step(f"adjust_n{size}/{lang}/seed{seed}", pair_args, seed, sized_regime(size),
+                                         deps, lang, {"max_sentences": size}))
+    if "adjusted_multi" in regimes:
+        multi_args = _multi_args(cfg, alignment_file, src)
+        for seed in cfg.seeds:
+            steps.append(adjust_step(f"adjust/{MULTI}/seed{seed}", multi_args, seed, "adjusted_multi",
+                                     [align_step[x] for x in cfg.languages if x in align_step], None))
+
+    def adjusted_model(regime: str, lang: str, seed: int) -> str:
+        """The adjust step a regime starts from."""
+        size = regime_size(regime)
+        if size is not None:
+            return f"adjust_n{size}/{lang}/seed{seed}"
+        return f"adjust/{MULTI}/seed{seed}" if regime == "adjusted_multi" else f"adjust/{lang}/seed{seed}"
+
+    # 3. transforms: fitted per language and seed on the model a rotation/normalized run evaluates
+    fitted: Dict[str, Step] = {}
+
+    def fit_step(regime: str, key: str, lang: str, seed: int, fit_model: str, deps: List[str]) -> Step:
+        name = f"transform/{regime}/{key}/{lang}/seed{seed}"
+        if name not in fitted:
+            values = {"lang": lang, "seed": seed, "results_dir": results, "model": model}
+            args = {"kind": TRANSFORM_REGIMES[regime], "model_name_or_path": fit_model, **cfg.parallel[lang].args(),
+                    **alignment_args(lang), **_fill(cfg.transform.args, values, "transform.args", src),
+                    "seed": seed, "output_dir": out(name)}
+            fitted[name] = Step(name=name, kind="transform", output_dir=out(name), script=cfg.transform.command,
+                                args=to_argv(args), resources=cfg.transform.resources,
+                                deps=deps + ([align_step[lang]] if lang in align_step else []),
+                                outputs=list(TRANSFORM_OUTPUTS), task=None if key == "start" else key,
+                                regime=regime, lang=lang, seed=seed, **common)
+            steps.append(fitted[name])
+        return fitted[name]
+
+    # 4. tasks: fine-tune on English and evaluate zero-shot (or evaluate only, e.g. XSR)
     ordered = sorted(cfg.tasks, key=lambda t: not cfg.tasks[t].trains)  # training tasks first
     for name in ordered:
         task = cfg.tasks[name]
         where = f"tasks.{name}"
         _check_grid_args(task.args, f"{where}.args", src)
-        for regime in task.regimes_of(cfg.regimes):
-            _check_grid_args(task.regime_args.get(regime, {}), f"{where}.regime_args.{regime}", src)
-            # The original model does not depend on the language: fine-tune once per seed and
-            # evaluate every language; the per-language folders are links to that run.
-            langs = ["all"] if regime == "original" else list(cfg.languages)
+        # transforms last: they evaluate the Original runs
+        for regime in sorted(task.regimes_of(regimes), key=lambda r: r in TRANSFORM_REGIMES):
+            _check_grid_args(task.args_for(regime), f"{where}.regime_args.{regime}", src)
+            transform = regime in TRANSFORM_REGIMES
+            # The original model does not depend on the language (nor does the multi-language adjustment):
+            # fine-tune once per seed and evaluate every language; the per-language folders link to that run.
+            langs = ["all"] if regime in SHARED_REGIMES else list(cfg.languages)
             for lang in langs:
                 for seed in cfg.seeds:
                     values = {"seed": seed, "results_dir": results, "model": model}
                     if lang != "all":
                         values["lang"] = lang
                     eval_langs = cfg.languages if lang == "all" else [lang]
-                    adjusted = out("adjust", lang, f"seed{seed}")
                     deps: List[str] = []
                     args: Dict[str, Any] = {}
-                    if task.trains or task.model_from == "start":
-                        start = adjusted if regime.startswith("adjusted") else model
-                        if regime.startswith("adjusted"):
-                            deps.append(f"adjust/{lang}/seed{seed}")
-                    else:
+                    owner = name if task.trains else task.model_from  # whose fine-tuned model is evaluated
+                    if transform:
+                        original = f"{owner}/original/all/seed{seed}"
+                        start = model if owner == "start" else out(original)
+                        deps += [] if owner == "start" else [original]
+                        fit = fit_step(regime, owner, lang, seed, start, list(deps))
+                        deps.append(fit.name)
+                    elif owner != "start" and not task.trains:
                         start = out(task.model_from, regime, lang, f"seed{seed}")
                         deps.append(f"{task.model_from}/{regime}/{lang}/seed{seed}")
+                    elif regime.startswith("adjusted"):
+                        start = out(adjusted_model(regime, lang, seed))
+                        deps.append(adjusted_model(regime, lang, seed))
+                    else:
+                        start = model
                     args["model_name_or_path"] = start
+                    adjusted = out(adjusted_model(regime, lang, seed))
                     if task.trains and regime == "adjusted_cont":
                         args.update(aligned_pairs=os.path.join(adjusted, "aligned_pairs.jsonl"),
                                     anchor_model_name_or_path=model)
@@ -323,18 +415,21 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                         args[task.language_arg] = list(eval_langs)
                     args.update(_fill(cfg.common_args, values, "common_args", src) if task.trains else {})
                     args.update(_fill(task.args, values, f"{where}.args", src))
-                    args.update(_fill(task.regime_args.get(regime, {}), values, f"{where}.regime_args", src))
+                    args.update(_fill(task.args_for(regime), values, f"{where}.regime_args", src))
                     resources = task.resources_for(regime)
-                    if task.trains:
+                    if task.trains and not transform:
                         args.update(_paper_batches(args, resources, regime.endswith("_cont"),
                                                    f"{where} ({regime})", src))
+                    if transform:  # evaluation only, of the Original run, through the fitted transform
+                        args.update({"do_train": False} if task.trains else {})
+                        args["representation_transform"] = fit.output_dir
                     output_dir = out(name, regime, lang, f"seed{seed}")
                     args.update(seed=seed, output_dir=output_dir)
                     links = ([out(name, regime, x, f"seed{seed}") for x in cfg.languages] if lang == "all" else [])
                     steps.append(Step(name=f"{name}/{regime}/{lang}/seed{seed}", kind="task", output_dir=output_dir,
                                       script=[task.script], args=to_argv(args), resources=resources,
-                                      deps=deps, outputs=list(task.outputs), resume=task.trains, links=links,
-                                      task=name, regime=regime, lang=lang, seed=seed, **common))
+                                      deps=deps, outputs=list(task.outputs), resume=task.trains and not transform,
+                                      links=links, task=name, regime=regime, lang=lang, seed=seed, **common))
 
     by_name = {s.name: s for s in steps}
     fingerprints: Dict[str, str] = {}

@@ -4,7 +4,8 @@
   run_*.py and hf_xladjust.experiments.align have): an unknown flag such as `--num_trian_epochs`, a value of
   the wrong type or outside its choices is an error naming the step. A script file is imported only when
   its text defines `build_parser(`, so that a script of one's own (with top-level code) is never run here;
-  such scripts are not checked;
+  such scripts are not checked, nor is a module (`-m`, e.g. the transform fit) without `build_parser`; a
+  module that does not exist is an error naming the step;
 - the model: a local folder that does not exist, or, offline, a Hub name that is not in the local cache.
 Only the flags are parsed (argparse level): the dataclasses are not built, so a GPU-only option such as
 `--bf16` can be checked on a CPU machine.
@@ -15,7 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.experiments.plan import Step
@@ -31,7 +32,14 @@ def _script_parser(step: Step) -> Optional[argparse.ArgumentParser]:
     """The parser of the step's script (`build_parser()`), or None when the script has none."""
     if step.script[0] == "-m":
         key = step.script[1]
-        load: Callable = lambda: importlib.import_module(key)  # noqa: E731
+
+        def load():
+            try:
+                return importlib.import_module(key)
+            except ModuleNotFoundError as e:
+                if e.name is None or not (key == e.name or key.startswith(e.name + ".")):
+                    raise  # the module is there; something it imports is not
+                raise InputError(f"step {step.name}: no module {key} (python -m {key})") from None
     else:
         key = os.path.normpath(os.path.join(step.workdir, step.script[0]))
 
@@ -70,13 +78,16 @@ def _parse_flags(parser: argparse.ArgumentParser, args: List[str]) -> List[str]:
 
 def config_sections(cfg, step: Step) -> Dict[str, dict]:
     """The configuration's argument sections that feed `step`, by their key path."""
+    if step.kind == "transform":  # no common_args: the fit is no Trainer script
+        return {"transform.args": cfg.transform.args, "alignment.args": cfg.alignment.args}
     sections = {"common_args": cfg.common_args}
     if step.kind in ("adjust", "align"):
         sections.update({"adjust.args": cfg.adjust.args, "alignment.args": cfg.alignment.args})
     elif step.task in cfg.tasks:
         task = cfg.tasks[step.task]
-        sections.update({f"tasks.{step.task}.args": task.args,
-                         f"tasks.{step.task}.regime_args.{step.regime}": task.regime_args.get(step.regime, {})})
+        sections[f"tasks.{step.task}.args"] = task.args
+        for regime in task.inherited_regimes(step.regime):  # adjusted_n{size}: adjusted's, then its own
+            sections[f"tasks.{step.task}.regime_args.{regime}"] = task.regime_args.get(regime, {})
         if step.regime == "original_cont":
             sections["alignment.args"] = cfg.alignment.args
     return sections
