@@ -969,27 +969,6 @@ def test_local_executor_grid_with_the_new_regimes(tmp_path, capsys):
                                                                        "nli/adjusted_n10/es/seed0"]
 
 
-def _contract_transforms_parser():
-    """The fit CLI's flags as the contract (notes, issue 12, section A) gives them: ModelArguments +
-    AdjustDataArguments + TransformArguments; stands in for hf_xladjust.evaluation.transforms until it lands."""
-    from dataclasses import dataclass, field
-
-    from transformers import HfArgumentParser
-
-    from hf_xladjust.alignment.multilingual import AdjustDataArguments
-    from hf_xladjust.cli import ModelArguments
-
-    @dataclass
-    class TransformArguments:
-        output_dir: str
-        kind: str = field(default="rotation", metadata={"choices": ["rotation", "normalize"]})
-        seed: int = 42
-        per_device_batch_size: int = 32
-        overwrite_output_dir: bool = False
-
-    return HfArgumentParser((ModelArguments, AdjustDataArguments, TransformArguments))
-
-
 def test_dry_run_checks_the_fit_steps(tmp_path, monkeypatch, capsys):
     """The fit steps' flags are those of the contract's CLI; a module without build_parser() is not checked
     (as a script without one), a module that does not exist is an error naming the step."""
@@ -999,15 +978,16 @@ def test_dry_run_checks_the_fit_steps(tmp_path, monkeypatch, capsys):
 
     cfg = new_regimes_config(tmp_path)
     path = tmp_path / "grid.yaml"
-    only = ["--dry_run", "--only", "transform/*"]  # the task steps need the scripts' --representation_transform
-    fake = types.ModuleType("hf_xladjust.evaluation.transforms")
+    only = ["--dry_run", "--only", "transform/*"]
+    fake = types.ModuleType("fit_without_a_parser")
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     monkeypatch.setattr(validate, "_PARSERS", {})
-    path.write_text(yaml.safe_dump(cfg))
-    assert grid_main([str(path)] + only) == 0  # no build_parser: skipped
+    path.write_text(yaml.safe_dump({**cfg, "transform": {**cfg["transform"], "module": fake.__name__,
+                                                         "args": {"no_such_flag": 1}}}))
+    assert grid_main([str(path)] + only) == 0  # no build_parser: not checked
     assert "# transform/normalized/nli/ru/seed1 [to run]" in capsys.readouterr().out
 
-    fake.build_parser = _contract_transforms_parser
+    path.write_text(yaml.safe_dump(cfg))
     monkeypatch.setattr(validate, "_PARSERS", {})
     assert grid_main([str(path)] + only) == 0  # every fit step's flags parse
     capsys.readouterr()
@@ -1029,55 +1009,42 @@ def test_dry_run_checks_the_fit_steps(tmp_path, monkeypatch, capsys):
 def test_new_regime_steps_pass_the_real_parsers(tmp_path, capsys):
     """Once the transform CLI and the scripts' --representation_transform are there (branch i12-transforms),
     every step of a grid with every new regime passes its script's own parser."""
-    import importlib.util
-
-    from hf_xladjust.experiments.validate import _script_parser
-
-    steps = build_plan(parse_config(new_regimes_config(tmp_path), "g.yaml"))
-    rotation = next(s for s in steps if s.name == "nli/rotation/es/seed0")
-    parser = _script_parser(rotation)
-    if (importlib.util.find_spec("hf_xladjust.evaluation.transforms") is None
-            or "--representation_transform" not in parser._option_string_actions):
-        pytest.skip("the transform CLI and --representation_transform are not on this branch yet")
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(new_regimes_config(tmp_path)))
     assert grid_main([str(path), "--dry_run"]) == 0
     assert "# xsr_nli/normalized/ru/seed1 [to run]" in capsys.readouterr().out
 
 
-def _has_transforms():
-    """The transform CLI and the scripts' --representation_transform (branch i12-transforms) are there."""
-    import importlib.util
-
-    return (importlib.util.find_spec("hf_xladjust.evaluation.transforms") is not None
-            and "--representation_transform" in (ROOT / "run_glue_xl.py").read_text())
-
-
 @pytest.mark.slow
-def test_tiny_grid_new_regimes_end_to_end(tmp_path, tiny_model_dir):
-    """The real scripts on tiny BERT, es and ru, one seed: adjusted_multi (run_adjust.py --parallel over the
-    shared alignments), parallel_sizes [16] and, where the transform CLI is there, rotation and normalized;
-    then the report's rows."""
+def test_tiny_grid_with_every_new_regime_prints_one_table_with_p_values(tmp_path, tiny_model_dir):
+    """The real scripts on tiny BERT, es and ru, one seed, every new regime: adjusted_multi (run_adjust.py
+    --parallel over the shared alignments), parallel_sizes [16], rotation and normalized (fitted on the
+    Original NLI models, and on the start model for retrieval); the report prints one table per task with
+    every row, and under it the p-values behind its marks."""
+    from test_xsr import write_tatoeba
+
     nli = write_nli(tmp_path / "xnli")
     en, ru = fixture_lines("en"), fixture_lines("ru")
     (nli / "test-ru.tsv").write_text("".join(f"{ru[(i + 5) % 12]}\t{ru[(i * 5 + 6) % 12]}\t{LABELS[i % 3]}\n"
                                              for i in range(24)), encoding="utf-8")
     (tmp_path / "en-ru.txt").write_text("".join(f"{en[i]} {en[(i + k) % 12]} ||| {ru[i]} {ru[(i + k) % 12]}\n"
                                                 for k in range(1, 5) for i in range(12)), encoding="utf-8")
-    transforms = _has_transforms()
     results = tmp_path / "results"
+    small = {"gpus": 0, "hours": 0.5}
+    regimes = ["original", "adjusted", "adjusted_multi", "rotation", "normalized"]
     cfg = {"model_name_or_path": tiny_model_dir, "results_dir": str(results), "languages": ["es", "ru"],
-           "seeds": [0], "regimes": ["original", "adjusted", "adjusted_multi"]
-           + (["rotation", "normalized"] if transforms else []), "parallel_sizes": [16],
+           "seeds": [0], "regimes": regimes, "parallel_sizes": [16],
            "parallel": {"es": write_parallel(tmp_path / "en-es.txt"), "ru": str(tmp_path / "en-ru.txt")},
            "workdir": str(ROOT), "alignment": {"args": {"max_sentences": 32}},
-           "adjust": {"args": {"per_device_train_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
-           "transform": {"args": {"per_device_batch_size": 8}, "resources": {"gpus": 0, "hours": 0.5}},
+           "adjust": {"args": {"per_device_train_batch_size": 8}, "resources": small},
+           "transform": {"args": {"per_device_batch_size": 8}, "resources": small},
            "common_args": {"use_cpu": True, "report_to": "none", "disable_tqdm": True},
            "tasks": {"nli": {"args": {"train_file": str(nli / "train-en.tsv"),
                                       "test_file_pattern": str(nli / "test-{lang}.tsv"), "num_train_epochs": 1,
                                       "per_device_train_batch_size": 16},
-                             "resources": {"gpus": 0, "hours": 0.5}}},
+                             "resources": small},
+                     "xsr": {"args": {"tatoeba_dir": str(write_tatoeba(tmp_path / "tatoeba")), "device": "cpu"},
+                             "resources": small}},
            "env": OFFLINE}
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -1089,10 +1056,26 @@ def test_tiny_grid_new_regimes_end_to_end(tmp_path, tiny_model_dir):
     sized = json.loads((results / "adjust_n16/ru/seed0/alignment_stats.json").read_text())
     assert sized["sentences_read"] == 16
     assert "test_ru_accuracy" in json.loads((results / "nli/adjusted_multi/ru/seed0/all_results.json").read_text())
+    # the transform runs evaluate the Original model with the fitted file on the target-language tokens
+    rotated = json.loads((results / "nli/rotation/es/seed0/all_results.json").read_text())
+    assert rotated["test_es_transformed_tokens"] > 0
+    applied = json.loads((results / "nli/rotation/es/seed0/run_args.json").read_text())["representation_transform"]
+    assert applied["kind"] == "rotation" and "transform/rotation/nli/es/seed0" in applied["path"]
+
     report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(results)], cwd=ROOT,
                             env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
-    table = json.loads((results / "report" / "report.json").read_text())["tasks"]["nli"]
-    assert [row[0] for row in table["rows"]] == ["Original", "Adjusted", "Adjusted (16 sent.)", "Adjusted (multi)"] + (
-        ["Rotation", "Normalized"] if transforms else [])
-    assert table["header"] == ["model", "en (es)", "en (ru)", "es", "ru", "mixed_es", "mixed_ru"]
+    labels = ["Original", "Adjusted", "Adjusted (16 sent.)", "Adjusted (multi)", "Rotation", "Normalized"]
+    tables = json.loads((results / "report" / "report.json").read_text())["tasks"]
+    for task in ("nli", "xsr"):
+        assert [row[0] for row in tables[task]["rows"]] == labels
+    assert tables["nli"]["header"] == ["model", "en (es)", "en (ru)", "es", "ru", "mixed_es", "mixed_ru"]
+    # printed: per task the table, then its p-values (vs Original / vs Adjusted) for every other row
+    printed = report.stdout.split("| p (vs Original / vs Adjusted) |")
+    assert len(printed) == 3, report.stdout[-3000:]
+    for after in printed[1:]:
+        p_table = after.split("\n\n")[0]
+        lines = {line.split(" | ")[0][2:]: line for line in p_table.splitlines() if line.startswith("| ")}
+        for label in labels[2:]:
+            cells = lines[label].strip("| ").split(" | ")[1:]
+            assert any(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in cells), lines[label]
