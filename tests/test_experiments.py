@@ -416,7 +416,8 @@ FAKE_SBATCH = textwrap.dedent('''\
 ''')
 
 
-def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
+def fake_sbatch(tmp_path, monkeypatch):
+    """sbatch and srun on PATH that record submissions in the returned folder."""
     bin_dir, log_dir = tmp_path / "bin", tmp_path / "sbatch"
     bin_dir.mkdir()
     log_dir.mkdir()
@@ -425,6 +426,11 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SBATCH_LOG", str(log_dir))
+    return log_dir
+
+
+def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
+    log_dir = fake_sbatch(tmp_path, monkeypatch)
     cfg = base_config(tmp_path, languages=["es"], regimes=["original", "adjusted", "adjusted_cont"])
     cfg["executor"] = {"cluster": "slurm", "slurm": {"account": "xl"}, "setup": ["module load cuda"]}
     cfg["adjust"]["resources"] = {"gpus": 1, "hours": 1.5, "mem_gb": 40, "partition": "gpu"}
@@ -449,6 +455,7 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     assert sbatch("nli/adjusted/es/seed0", "kill-on-invalid-dep") == "yes"
     assert sbatch("adjust/es/seed0", "gpus-per-node") == "1" and sbatch("adjust/es/seed0", "time") == "90"
     assert sbatch("adjust/es/seed0", "mem") == "40GB" and sbatch("adjust/es/seed0", "partition") == "gpu"
+    assert sbatch("nli/original/all/seed0", "partition") is None  # not that of the adjustment submitted just before
     assert sbatch("nli/adjusted/es/seed0", "gpus-per-node") == "2" and sbatch("nli/adjusted/es/seed0", "time") == "180"
     assert sbatch("nli/adjusted_cont/es/seed0", "time") == "300"  # the regime's own limit
     assert sbatch("adjust/es/seed0", "account") == "xl" and "module load cuda" in scripts["adjust/es/seed0"]

@@ -70,7 +70,6 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
              wait: bool = False, log=print) -> Dict[str, str]:
     """Run (local/debug) or submit (slurm) every unfinished step; returns step name -> outcome."""
     folder = cfg.executor.folder or os.path.join(results_dir, "_submitit")
-    executor = make_executor(cfg, folder)
     outcome: Dict[str, str] = {}
     jobs: Dict[str, Any] = {}
     local = cfg.executor.cluster != "slurm"
@@ -86,6 +85,9 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
             log(f"[blocked] {step.name} (needs {', '.join(blocked)})")
             continue
         after = [jobs[d].job_id for d in step.deps if d in jobs and not local]
+        # a new executor per step: one keeps its parameters between submissions and takes None for "unchanged",
+        # so a step without a partition would go to the previous step's
+        executor = make_executor(cfg, folder)
         executor.update_parameters(**executor_parameters(step, cfg, after))
         log(f"[run]     {step.name}\n          {step.shell_command()}")
         job = executor.submit(StepJob(step.to_dict(), force=forced))
