@@ -269,3 +269,34 @@ def test_grid_on_slurm_dependencies_cancel_and_resume(slurm_cluster, tmp_path, t
                                                                          "all_results.json", resumed=True)
     print(f"\nslurm grid: first submission to cancel and reference done {t_first:.0f} s, rerun {t_rerun:.0f} s; "
           f"compared {', '.join(compared)}")
+
+
+def test_slurm_time_out_signal_requeues_and_resumes(slurm_cluster, tmp_path, tiny_model_dir):
+    """Slurm's warning before a time limit (submitit's `--signal=USR2@90`; pre-emption sends the same) while the
+    fine-tuning runs: submitit requeues the job and the requeued run resumes from the last checkpoint, with no
+    rerun of the grid."""
+    cluster = slurm_cluster
+    res = tmp_path / "results"
+    _, jobs = submit(slurm_grid(tmp_path, tiny_model_dir, res))
+    nli_job = jobs["nli/adjusted/es/seed0"][0]
+    target = res / "nli/adjusted/es/seed0"
+    deadline = time.time() + 600
+    while not list(target.glob("checkpoint-*/trainer_state.json")):
+        assert time.time() < deadline and nli_job in cluster.jobs(), cluster.log_tails()
+        time.sleep(0.05)
+    t0 = time.time()
+    subprocess.run(["scancel", "--signal=USR2", nli_job], env=cluster.env, check=True)
+    while int(cluster.job(nli_job)["Restarts"]) == 0 or cluster.job(nli_job)["JobState"] != "PENDING":
+        assert time.time() < t0 + 60 and nli_job in cluster.jobs(), cluster.log_tails()
+        time.sleep(0.2)
+    # Slurm holds a requeued job back for a while (BeginTime); let it start at once
+    subprocess.run(["scontrol", "update", f"JobId={nli_job}", "StartTime=now"], env=cluster.env, check=True)
+    cluster.wait_for([nli_job])
+    print(f"\nrequeued job ended {time.time() - t0:.0f} s after the signal")
+    info = cluster.job(nli_job)
+    log = "".join(p.read_text(errors="replace") for p in sorted((res / "_submitit").glob(f"{nli_job}_*")))
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, (info, log[-3000:])
+    marker = json.loads((target / SUCCESS).read_text())
+    assert re.search(r"/checkpoint-\d+$", marker["resumed_from"] or ""), (marker, log[-3000:])
+
+
