@@ -409,7 +409,12 @@ def test_stopping_the_grid_stops_the_running_step(tmp_path):
 
 FAKE_SBATCH = textwrap.dedent('''\
     #!/usr/bin/env bash
-    # records the submission script and answers like sbatch
+    # records the submission script and answers like sbatch (which refuses an unknown partition)
+    if grep -q -- "--partition=nope" "$1"; then
+        echo "sbatch: error: invalid partition specified: nope" >&2
+        echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2
+        exit 1
+    fi
     n=$(( $(ls "$SBATCH_LOG" 2>/dev/null | wc -l) + 100 ))
     cp "$1" "$SBATCH_LOG/$n.sh"
     echo "Submitted batch job $n"
@@ -461,6 +466,26 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     assert sbatch("adjust/es/seed0", "account") == "xl" and "module load cuda" in scripts["adjust/es/seed0"]
     assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == jobs
     assert not list((tmp_path / "results").glob("nli/*/*/seed0/_STARTED.json"))  # nothing ran here
+
+
+def test_a_refused_submission_blocks_its_dependents_and_the_rest_stays_queued(tmp_path, monkeypatch, capsys):
+    """sbatch refuses a step (here an unknown partition): one line with Slurm's message, its dependents are
+    not submitted, every other step is, the job ids are saved, and the command exits 1."""
+    fake_sbatch(tmp_path, monkeypatch)
+    cfg = base_config(tmp_path, languages=["es"], seeds=[0], regimes=["original", "adjusted"])
+    cfg["executor"] = {"cluster": "slurm"}
+    cfg["adjust"]["resources"] = {"gpus": 1, "partition": "nope"}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert ("[refused] adjust/es/seed0: sbatch: error: invalid partition specified: nope / sbatch: error: Batch "
+            "job submission failed: Invalid partition name specified") in out
+    assert "[blocked] nli/adjusted/es/seed0 (needs adjust/es/seed0)" in out
+    queued = dict(re.findall(r"\[queued\]\s+(\S+): job (\d+)", out))
+    assert list(queued) == ["align/es", "nli/original/all/seed0"]
+    assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == queued
+    assert "Summary: 1 blocked, 1 failed, 2 submitted" in out
 
 
 # --- dry run --------------------------------------------------------------------------------------

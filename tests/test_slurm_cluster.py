@@ -300,3 +300,18 @@ def test_slurm_time_out_signal_requeues_and_resumes(slurm_cluster, tmp_path, tin
     assert re.search(r"/checkpoint-\d+$", marker["resumed_from"] or ""), (marker, log[-3000:])
 
 
+
+def test_a_partition_slurm_does_not_have_is_one_line(slurm_cluster, tmp_path, tiny_model_dir):
+    """sbatch's refusal comes back as one `[refused]` line with Slurm's own words, and nothing is queued
+    behind it (the grid used to stop there with submitit's traceback)."""
+    config = slurm_grid(tmp_path, tiny_model_dir, tmp_path / "results")
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg["adjust"]["resources"]["partition"] = "nope"
+    Path(config).write_text(yaml.safe_dump(cfg))
+    before = slurm_cluster.jobs()
+    proc = subprocess.run([sys.executable, "-m", "hf_xladjust.experiments", config], cwd=ROOT,
+                          env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[refused] adjust/es/seed0: sbatch: error: invalid partition specified: nope" in proc.stdout
+    assert "[blocked] nli/adjusted/es/seed0 (needs adjust/es/seed0)" in proc.stdout
+    assert "Traceback" not in proc.stderr and slurm_cluster.jobs() == before

@@ -4,7 +4,9 @@ Locally (`cluster: local`) each unfinished step is one submitit LocalExecutor jo
 another, each waited for. On Slurm (`cluster: slurm`) every unfinished step is submitted at once, a
 step with unfinished dependencies as `--dependency=afterok:<their job ids>`, so the adjustments run
 first and the fine-tunings after them; the command returns once everything is queued (--wait to
-follow the jobs). `debug` runs the jobs in this process (submitit's DebugExecutor).
+follow the jobs). A step that sbatch refuses (a partition or account Slurm does not know, a limit) is
+reported with Slurm's message and its dependents are not submitted; the other steps are. `debug` runs the
+jobs in this process (submitit's DebugExecutor).
 """
 import dataclasses
 import json
@@ -90,7 +92,12 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
         executor = make_executor(cfg, folder)
         executor.update_parameters(**executor_parameters(step, cfg, after))
         log(f"[run]     {step.name}\n          {step.shell_command()}")
-        job = executor.submit(StepJob(step.to_dict(), force=forced))
+        try:
+            job = executor.submit(StepJob(step.to_dict(), force=forced))
+        except submitit.core.utils.FailedJobError as e:  # sbatch refused it (partition, account, limits...)
+            outcome[step.name] = "failed"
+            log(f"[refused] {step.name}: {' / '.join(line for line in str(e).splitlines() if line.strip())}")
+            continue
         jobs[step.name] = job
         if local:
             try:
