@@ -467,6 +467,20 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == jobs
     assert not list((tmp_path / "results").glob("nli/*/*/seed0/_STARTED.json"))  # nothing ran here
 
+    # --dry_run prints the same sbatch options, dependencies as the names of the steps whose job ids they take
+    assert grid_main([str(path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "# every Slurm job first runs: module load cuda" in out
+    printed = dict(re.findall(r"^# (\S+) \[to run\].*\n# sbatch (.*)$", out, re.M))
+    assert list(printed) == list(jobs)
+    names = {job: name for name, job in jobs.items()}
+    for name, script in scripts.items():
+        written = [f"--{o}" for o in re.findall(r"^#SBATCH --(.*)$", script, re.M)
+                   if not o.startswith(("output=", "error=", "open-mode=", "signal=", "wckey="))]
+        written = [re.sub(r"\d+", lambda m: names[m.group()], o) if o.startswith("--dependency=") else o
+                   for o in written]
+        assert printed[name].split() == written, name
+
 
 def test_a_refused_submission_blocks_its_dependents_and_the_rest_stays_queued(tmp_path, monkeypatch, capsys):
     """sbatch refuses a step (here an unknown partition): one line with Slurm's message, its dependents are

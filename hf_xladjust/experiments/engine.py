@@ -11,6 +11,7 @@ jobs in this process (submitit's DebugExecutor).
 import dataclasses
 import json
 import os
+import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 import submitit
@@ -38,6 +39,26 @@ def executor_parameters(step: Step, cfg: GridConfig, after: Sequence[str] = ()) 
         if cfg.executor.setup:
             params["slurm_setup"] = list(cfg.executor.setup)
     return params
+
+
+# executor_parameters' names -> sbatch's, as submitit's Slurm executor translates them
+_SBATCH_NAMES = {"name": "job-name", "timeout_min": "time", "gpus_per_node": "gpus-per-node",
+                 "cpus_per_task": "cpus-per-task", "mem_gb": "mem", "tasks_per_node": "ntasks-per-node",
+                 "nodes": "nodes", "slurm_partition": "partition"}
+
+
+def sbatch_options(step: Step, cfg: GridConfig, after: Sequence[str] = ()) -> List[str]:
+    """The `--key=value` options submitit writes into the step's sbatch script (less its log paths, signal and
+    wckey), for --dry_run."""
+    params = executor_parameters(step, cfg, after)
+    options = {}
+    for key, value in params.items():
+        if key in _SBATCH_NAMES:
+            if key == "mem_gb":  # submitit: whole GB as "NGB", else MB
+                value = f"{int(value)}GB" if value == int(value) else f"{int(value * 1024)}MB"
+            options[_SBATCH_NAMES[key]] = value
+    options.update({k.replace("_", "-"): v for k, v in params.get("slurm_additional_parameters", {}).items()})
+    return [f"--{k}" if v is True else f"--{k}={shlex.quote(str(v))}" for k, v in sorted(options.items())]
 
 
 def make_executor(cfg: GridConfig, folder: str):
@@ -220,12 +241,23 @@ def format_estimate(est: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plan_summary(steps: List[Step]) -> str:
+def plan_summary(steps: List[Step], cfg: Optional[GridConfig] = None) -> str:
+    """Every step's state and command; on Slurm also its sbatch options (a dependency names the steps whose
+    job ids it will wait for) and, once, the setup lines each job runs first."""
+    slurm = cfg is not None and cfg.executor.cluster == "slurm"
     lines = []
+    if slurm and cfg.executor.setup:
+        lines.append("# every Slurm job first runs: " + "; ".join(cfg.executor.setup))
+    to_run = set()
     for step in steps:
-        state = "done" if is_done(step) else "to run"
+        done = is_done(step)
         deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
-        lines.append(f"# {step.name} [{state}] fingerprint {step.fingerprint}{deps}\n{step.shell_command()}")
+        lines.append(f"# {step.name} [{'done' if done else 'to run'}] fingerprint {step.fingerprint}{deps}")
+        if slurm and not done:
+            after = [d for d in step.deps if d in to_run]
+            lines.append("# sbatch " + " ".join(sbatch_options(step, cfg, after)))
+            to_run.add(step.name)
+        lines.append(step.shell_command())
     return "\n".join(lines)
 
 
