@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 PARTITION = "xltest"
+CRED_EXPIRE = 10
 
 
 class Cluster:
@@ -51,7 +52,9 @@ class Cluster:
             "ClusterName=xltest", f"SlurmctldHost={host}(127.0.0.1)",
             f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
             "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={r}/run/munge.socket",
+            "AuthType=auth/munge", "CredType=cred/munge",
+            # cred_expire: also how long Slurm holds a requeued job back (120 s by default)
+            f"AuthInfo=socket={r}/run/munge.socket,cred_expire={CRED_EXPIRE}",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
             f"SlurmctldPidFile={r}/run/slurmctld.pid", f"SlurmdPidFile={r}/run/slurmd.pid",
             f"SlurmctldLogFile={r}/log/slurmctld.log", f"SlurmdLogFile={r}/log/slurmd.log",
@@ -60,7 +63,7 @@ class Cluster:
             "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
             "MpiDefault=none", "SwitchType=switch/none", "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "ReturnToService=2",
-            "KillWait=5", "MinJobAge=3600",
+            "KillWait=5", "MinJobAge=3600", "MailProg=/bin/true",
             f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={mem_mb * 9 // 10} State=UNKNOWN",
             f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""]))
 
@@ -195,9 +198,10 @@ def slurm_grid(tmp_path, model, results):
     return str(path)
 
 
-def submit(config):
-    """Run the grid command (it returns once everything is queued); step name -> (job id, [after job ids])."""
-    proc = subprocess.run([sys.executable, "-m", "hf_xladjust.experiments", config], cwd=ROOT,
+def submit(config, *extra):
+    """Run the grid command (it returns once everything is queued, or with --wait once it has run); its output
+    and step name -> (job id, [after job ids])."""
+    proc = subprocess.run([sys.executable, "-m", "hf_xladjust.experiments", config, *extra], cwd=ROOT,
                           env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, {name: (job, after.split(",") if after else [])
@@ -244,9 +248,11 @@ def test_grid_on_slurm_dependencies_cancel_and_resume(slurm_cluster, tmp_path, t
     assert "grid-setup-line-ran" in log
 
     # the same command again: the finished adjustment is skipped, the fine-tuning resubmitted and resumed
+    # (--wait: followed through submitit, which finds the job's result file; sacct has no accounting here)
     t1 = time.time()
-    out, again = submit(config)
+    out, again = submit(config, "--wait")
     assert "[done]    adjust/es/seed0" in out and list(again) == ["nli/adjusted/es/seed0"]
+    assert "Summary: 1 done, 1 ran" in out, out[-2000:]
     assert again["nli/adjusted/es/seed0"][1] == []  # nothing left to wait for
     cluster.wait_for([again["nli/adjusted/es/seed0"][0]])
     t_rerun = time.time() - t1
@@ -289,7 +295,8 @@ def test_slurm_time_out_signal_requeues_and_resumes(slurm_cluster, tmp_path, tin
     while int(cluster.job(nli_job)["Restarts"]) == 0 or cluster.job(nli_job)["JobState"] != "PENDING":
         assert time.time() < t0 + 60 and nli_job in cluster.jobs(), cluster.log_tails()
         time.sleep(0.2)
-    # Slurm holds a requeued job back for a while (BeginTime); let it start at once
+    # a requeued job may start once its first run's credential has expired; then schedule it at once
+    time.sleep(CRED_EXPIRE + 2)
     subprocess.run(["scontrol", "update", f"JobId={nli_job}", "StartTime=now"], env=cluster.env, check=True)
     cluster.wait_for([nli_job])
     print(f"\nrequeued job ended {time.time() - t0:.0f} s after the signal")
@@ -315,3 +322,5 @@ def test_a_partition_slurm_does_not_have_is_one_line(slurm_cluster, tmp_path, ti
     assert "[refused] adjust/es/seed0: sbatch: error: invalid partition specified: nope" in proc.stdout
     assert "[blocked] nli/adjusted/es/seed0 (needs adjust/es/seed0)" in proc.stdout
     assert "Traceback" not in proc.stderr and slurm_cluster.jobs() == before
+
+
