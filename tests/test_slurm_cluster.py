@@ -324,3 +324,24 @@ def test_a_partition_slurm_does_not_have_is_one_line(slurm_cluster, tmp_path, ti
     assert "Traceback" not in proc.stderr and slurm_cluster.jobs() == before
 
 
+
+def test_wait_ends_when_slurm_cancels_a_job_that_never_ran(slurm_cluster, tmp_path, tiny_model_dir):
+    """--wait with both jobs cancelled at once (the fine-tuning before it ran): the command ends, the steps
+    failed. On this cluster sacct has no accounting, and submitit alone would wait forever."""
+    config = slurm_grid(tmp_path, tiny_model_dir, tmp_path / "results")
+    proc = subprocess.Popen([sys.executable, "-m", "hf_xladjust.experiments", config, "--wait"], cwd=ROOT,
+                            env={**os.environ, **OFFLINE}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.time() + 120
+        while len(slurm_cluster.jobs()) < 2:
+            assert time.time() < deadline and proc.poll() is None, slurm_cluster.log_tails()
+            time.sleep(0.1)
+        subprocess.run(["scancel", *sorted(slurm_cluster.jobs())], env=slurm_cluster.env, check=True)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-3000:]
+    assert re.search(r"\[failed\]  nli/adjusted/es/seed0: job \d+ ended without a result", out), out[-3000:]
+    assert "Summary: 2 failed" in out

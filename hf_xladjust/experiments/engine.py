@@ -12,7 +12,9 @@ import dataclasses
 import json
 import os
 import shlex
-from typing import Any, Dict, List, Optional, Sequence
+import subprocess
+import time
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import submitit
 
@@ -147,13 +149,55 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
         write_json(os.path.join(folder, "slurm_jobs.json"),
                    {name: getattr(job, "job_id", None) for name, job in jobs.items()})
         if wait:
-            for name, job in jobs.items():
+            outcome.update(wait_for_jobs(jobs, log))
+    return outcome
+
+
+# squeue's states of a job that has not ended
+_ACTIVE = ("PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,RESIZING,"
+           "SIGNALING,STAGE_OUT")
+
+
+def queued_jobs(job_ids: Sequence[str]) -> Optional[Set[str]]:
+    """Those of `job_ids` that Slurm has not ended (squeue); None when squeue does not answer."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-o", "%i", "-t", _ACTIVE, "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:  # every id forgotten already (MinJobAge) reads as an error
+        return set() if "Invalid job id" in done.stderr else None
+    return set(done.stdout.split())
+
+
+def wait_for_jobs(jobs: Dict[str, Any], log=print, poll: float = 10.0) -> Dict[str, str]:
+    """--wait: each submitted step's outcome once its job has ended. submitit learns that a job ended from its
+    result file or from sacct; a job cancelled before it ran (e.g. by Slurm after a failed dependency) has no
+    result file, and on a cluster without accounting sacct never reports it: squeue, asked as well, does."""
+    outcome: Dict[str, str] = {}
+    pending, absent = dict(jobs), set()
+    while pending:
+        queued = queued_jobs([job.job_id for job in pending.values()])
+        for name, job in list(pending.items()):
+            if job.done():
                 try:
                     job.result()
                     outcome[name] = "ran"
                 except Exception as e:
                     outcome[name] = "failed"
                     log(f"[failed]  {name}: {e}")
+            elif queued is not None and job.job_id not in queued:
+                if job.job_id not in absent:  # once more: its result file may still be on its way (NFS)
+                    absent.add(job.job_id)
+                    continue
+                outcome[name] = "failed"
+                log(f"[failed]  {name}: job {job.job_id} ended without a result (cancelled before it ran, or after "
+                    f"a failed dependency); submitit's log: {job.paths.stderr}")
+            else:
+                continue
+            del pending[name]
+        if pending:
+            time.sleep(poll)
     return outcome
 
 
