@@ -194,6 +194,7 @@ def wait_for_jobs(jobs: Dict[str, Any], log=print, poll: float = 10.0) -> Dict[s
                 log(f"[failed]  {name}: job {job.job_id} ended without a result (cancelled before it ran, or after "
                     f"a failed dependency); submitit's log: {job.paths.stderr}")
             else:
+                absent.discard(job.job_id)  # queued again (requeued)
                 continue
             del pending[name]
         if pending:
