@@ -409,14 +409,20 @@ def test_stopping_the_grid_stops_the_running_step(tmp_path):
 
 FAKE_SBATCH = textwrap.dedent('''\
     #!/usr/bin/env bash
-    # records the submission script and answers like sbatch
+    # records the submission script and answers like sbatch (which refuses an unknown partition)
+    if grep -q -- "--partition=nope" "$1"; then
+        echo "sbatch: error: invalid partition specified: nope" >&2
+        echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2
+        exit 1
+    fi
     n=$(( $(ls "$SBATCH_LOG" 2>/dev/null | wc -l) + 100 ))
     cp "$1" "$SBATCH_LOG/$n.sh"
     echo "Submitted batch job $n"
 ''')
 
 
-def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
+def fake_sbatch(tmp_path, monkeypatch):
+    """sbatch and srun on PATH that record submissions in the returned folder."""
     bin_dir, log_dir = tmp_path / "bin", tmp_path / "sbatch"
     bin_dir.mkdir()
     log_dir.mkdir()
@@ -425,6 +431,11 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SBATCH_LOG", str(log_dir))
+    return log_dir
+
+
+def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
+    log_dir = fake_sbatch(tmp_path, monkeypatch)
     cfg = base_config(tmp_path, languages=["es"], regimes=["original", "adjusted", "adjusted_cont"])
     cfg["executor"] = {"cluster": "slurm", "slurm": {"account": "xl"}, "setup": ["module load cuda"]}
     cfg["adjust"]["resources"] = {"gpus": 1, "hours": 1.5, "mem_gb": 40, "partition": "gpu"}
@@ -449,11 +460,46 @@ def test_slurm_submission_with_dependencies(tmp_path, monkeypatch, capsys):
     assert sbatch("nli/adjusted/es/seed0", "kill-on-invalid-dep") == "yes"
     assert sbatch("adjust/es/seed0", "gpus-per-node") == "1" and sbatch("adjust/es/seed0", "time") == "90"
     assert sbatch("adjust/es/seed0", "mem") == "40GB" and sbatch("adjust/es/seed0", "partition") == "gpu"
+    assert sbatch("nli/original/all/seed0", "partition") is None  # not that of the adjustment submitted just before
     assert sbatch("nli/adjusted/es/seed0", "gpus-per-node") == "2" and sbatch("nli/adjusted/es/seed0", "time") == "180"
     assert sbatch("nli/adjusted_cont/es/seed0", "time") == "300"  # the regime's own limit
     assert sbatch("adjust/es/seed0", "account") == "xl" and "module load cuda" in scripts["adjust/es/seed0"]
     assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == jobs
     assert not list((tmp_path / "results").glob("nli/*/*/seed0/_STARTED.json"))  # nothing ran here
+
+    # --dry_run prints the same sbatch options, dependencies as the names of the steps whose job ids they take
+    assert grid_main([str(path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "# every Slurm job first runs: module load cuda" in out
+    printed = dict(re.findall(r"^# (\S+) \[to run\].*\n# sbatch (.*)$", out, re.M))
+    assert list(printed) == list(jobs)
+    names = {job: name for name, job in jobs.items()}
+    for name, script in scripts.items():
+        written = [f"--{o}" for o in re.findall(r"^#SBATCH --(.*)$", script, re.M)
+                   if not o.startswith(("output=", "error=", "open-mode=", "signal=", "wckey="))]
+        written = [re.sub(r"\d+", lambda m: names[m.group()], o) if o.startswith("--dependency=") else o
+                   for o in written]
+        assert printed[name].split() == written, name
+
+
+def test_a_refused_submission_blocks_its_dependents_and_the_rest_stays_queued(tmp_path, monkeypatch, capsys):
+    """sbatch refuses a step (here an unknown partition): one line with Slurm's message, its dependents are
+    not submitted, every other step is, the job ids are saved, and the command exits 1."""
+    fake_sbatch(tmp_path, monkeypatch)
+    cfg = base_config(tmp_path, languages=["es"], seeds=[0], regimes=["original", "adjusted"])
+    cfg["executor"] = {"cluster": "slurm"}
+    cfg["adjust"]["resources"] = {"gpus": 1, "partition": "nope"}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert ("[refused] adjust/es/seed0: sbatch: error: invalid partition specified: nope / sbatch: error: Batch "
+            "job submission failed: Invalid partition name specified") in out
+    assert "[blocked] nli/adjusted/es/seed0 (needs adjust/es/seed0)" in out
+    queued = dict(re.findall(r"\[queued\]\s+(\S+): job (\d+)", out))
+    assert list(queued) == ["align/es", "nli/original/all/seed0"]
+    assert json.loads((tmp_path / "results" / "_submitit" / "slurm_jobs.json").read_text()) == queued
+    assert "Summary: 1 blocked, 1 failed, 2 submitted" in out
 
 
 # --- dry run --------------------------------------------------------------------------------------

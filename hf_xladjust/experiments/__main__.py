@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     check_plan(steps, cfg, os.path.abspath(cfg.workdir or os.getcwd()))
     print(f"Grid {cfg.source}: {len(steps)} steps, results in {results_dir}, executor {cfg.executor.cluster}")
     if args.dry_run:
-        print(plan_summary(steps))
+        print(plan_summary(steps, cfg))
         print("\nEstimate\n" + format_estimate(estimate(steps)))
         return 0
 

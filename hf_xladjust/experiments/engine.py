@@ -4,12 +4,17 @@ Locally (`cluster: local`) each unfinished step is one submitit LocalExecutor jo
 another, each waited for. On Slurm (`cluster: slurm`) every unfinished step is submitted at once, a
 step with unfinished dependencies as `--dependency=afterok:<their job ids>`, so the adjustments run
 first and the fine-tunings after them; the command returns once everything is queued (--wait to
-follow the jobs). `debug` runs the jobs in this process (submitit's DebugExecutor).
+follow the jobs). A step that sbatch refuses (a partition or account Slurm does not know, a limit) is
+reported with Slurm's message and its dependents are not submitted; the other steps are. `debug` runs the
+jobs in this process (submitit's DebugExecutor).
 """
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+import shlex
+import subprocess
+import time
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import submitit
 
@@ -36,6 +41,26 @@ def executor_parameters(step: Step, cfg: GridConfig, after: Sequence[str] = ()) 
         if cfg.executor.setup:
             params["slurm_setup"] = list(cfg.executor.setup)
     return params
+
+
+# executor_parameters' names -> sbatch's, as submitit's Slurm executor translates them
+_SBATCH_NAMES = {"name": "job-name", "timeout_min": "time", "gpus_per_node": "gpus-per-node",
+                 "cpus_per_task": "cpus-per-task", "mem_gb": "mem", "tasks_per_node": "ntasks-per-node",
+                 "nodes": "nodes", "slurm_partition": "partition"}
+
+
+def sbatch_options(step: Step, cfg: GridConfig, after: Sequence[str] = ()) -> List[str]:
+    """The `--key=value` options submitit writes into the step's sbatch script (less its log paths, signal and
+    wckey), for --dry_run."""
+    params = executor_parameters(step, cfg, after)
+    options = {}
+    for key, value in params.items():
+        if key in _SBATCH_NAMES:
+            if key == "mem_gb":  # submitit: whole GB as "NGB", else MB
+                value = f"{int(value)}GB" if value == int(value) else f"{int(value * 1024)}MB"
+            options[_SBATCH_NAMES[key]] = value
+    options.update({k.replace("_", "-"): v for k, v in params.get("slurm_additional_parameters", {}).items()})
+    return [f"--{k}" if v is True else f"--{k}={shlex.quote(str(v))}" for k, v in sorted(options.items())]
 
 
 def make_executor(cfg: GridConfig, folder: str):
@@ -70,7 +95,6 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
              wait: bool = False, log=print) -> Dict[str, str]:
     """Run (local/debug) or submit (slurm) every unfinished step; returns step name -> outcome."""
     folder = cfg.executor.folder or os.path.join(results_dir, "_submitit")
-    executor = make_executor(cfg, folder)
     outcome: Dict[str, str] = {}
     jobs: Dict[str, Any] = {}
     local = cfg.executor.cluster != "slurm"
@@ -86,9 +110,17 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
             log(f"[blocked] {step.name} (needs {', '.join(blocked)})")
             continue
         after = [jobs[d].job_id for d in step.deps if d in jobs and not local]
+        # a new executor per step: one keeps its parameters between submissions and takes None for "unchanged",
+        # so a step without a partition would go to the previous step's
+        executor = make_executor(cfg, folder)
         executor.update_parameters(**executor_parameters(step, cfg, after))
         log(f"[run]     {step.name}\n          {step.shell_command()}")
-        job = executor.submit(StepJob(step.to_dict(), force=forced))
+        try:
+            job = executor.submit(StepJob(step.to_dict(), force=forced))
+        except submitit.core.utils.FailedJobError as e:  # sbatch refused it (partition, account, limits...)
+            outcome[step.name] = "failed"
+            log(f"[refused] {step.name}: {' / '.join(line for line in str(e).splitlines() if line.strip())}")
+            continue
         jobs[step.name] = job
         if local:
             try:
@@ -117,13 +149,56 @@ def run_plan(steps: List[Step], cfg: GridConfig, results_dir: str, rerun: Sequen
         write_json(os.path.join(folder, "slurm_jobs.json"),
                    {name: getattr(job, "job_id", None) for name, job in jobs.items()})
         if wait:
-            for name, job in jobs.items():
+            outcome.update(wait_for_jobs(jobs, log))
+    return outcome
+
+
+# squeue's states of a job that has not ended
+_ACTIVE = ("PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,RESIZING,"
+           "SIGNALING,STAGE_OUT")
+
+
+def queued_jobs(job_ids: Sequence[str]) -> Optional[Set[str]]:
+    """Those of `job_ids` that Slurm has not ended (squeue); None when squeue does not answer."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-o", "%i", "-t", _ACTIVE, "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:  # every id forgotten already (MinJobAge) reads as an error
+        return set() if "Invalid job id" in done.stderr else None
+    return set(done.stdout.split())
+
+
+def wait_for_jobs(jobs: Dict[str, Any], log=print, poll: float = 10.0) -> Dict[str, str]:
+    """--wait: each submitted step's outcome once its job has ended. submitit learns that a job ended from its
+    result file or from sacct; a job cancelled before it ran (e.g. by Slurm after a failed dependency) has no
+    result file, and on a cluster without accounting sacct never reports it: squeue, asked as well, does."""
+    outcome: Dict[str, str] = {}
+    pending, absent = dict(jobs), set()
+    while pending:
+        queued = queued_jobs([job.job_id for job in pending.values()])
+        for name, job in list(pending.items()):
+            if job.done():
                 try:
                     job.result()
                     outcome[name] = "ran"
                 except Exception as e:
                     outcome[name] = "failed"
                     log(f"[failed]  {name}: {e}")
+            elif queued is not None and job.job_id not in queued:
+                if job.job_id not in absent:  # once more: its result file may still be on its way (NFS)
+                    absent.add(job.job_id)
+                    continue
+                outcome[name] = "failed"
+                log(f"[failed]  {name}: job {job.job_id} ended without a result (cancelled before it ran, or after "
+                    f"a failed dependency); submitit's log: {job.paths.stderr}")
+            else:
+                absent.discard(job.job_id)  # queued again (requeued)
+                continue
+            del pending[name]
+        if pending:
+            time.sleep(poll)
     return outcome
 
 
@@ -215,12 +290,23 @@ def format_estimate(est: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plan_summary(steps: List[Step]) -> str:
+def plan_summary(steps: List[Step], cfg: Optional[GridConfig] = None) -> str:
+    """Every step's state and command; on Slurm also its sbatch options (a dependency names the steps whose
+    job ids it will wait for) and, once, the setup lines each job runs first."""
+    slurm = cfg is not None and cfg.executor.cluster == "slurm"
     lines = []
+    if slurm and cfg.executor.setup:
+        lines.append("# every Slurm job first runs: " + "; ".join(cfg.executor.setup))
+    to_run = set()
     for step in steps:
-        state = "done" if is_done(step) else "to run"
+        done = is_done(step)
         deps = f"  (after {', '.join(step.deps)})" if step.deps else ""
-        lines.append(f"# {step.name} [{state}] fingerprint {step.fingerprint}{deps}\n{step.shell_command()}")
+        lines.append(f"# {step.name} [{'done' if done else 'to run'}] fingerprint {step.fingerprint}{deps}")
+        if slurm and not done:
+            after = [d for d in step.deps if d in to_run]
+            lines.append("# sbatch " + " ".join(sbatch_options(step, cfg, after)))
+            to_run.add(step.name)
+        lines.append(step.shell_command())
     return "\n".join(lines)
 
 
