@@ -41,7 +41,15 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
-from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import (
+    ModelArguments,
+    check_output_dir,
+    parse_arguments,
+    run_main,
+    set_cpu_threads,
+    setup_logging,
+    write_run_args,
+)
 from hf_xladjust.evaluation.tagging import tagging_metrics
 from hf_xladjust.tasks.ner import (
     LABELS,
@@ -152,6 +160,7 @@ def main():
 
     # Setup logging
     setup_logging(training_args, logger)
+    threads = set_cpu_threads(training_args.device.type)
     logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
                    f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value}, "
                    f"16-bits training: {training_args.fp16 or training_args.bf16}")
@@ -356,7 +365,7 @@ def main():
         write_run_args(training_args.output_dir, model=model_args, data=data_args, labels=label_names,
                        max_seq_length_used=max_seq_length, continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
-                       training=training_args)
+                       training=training_args, threads=threads)
 
 
 if __name__ == "__main__":
