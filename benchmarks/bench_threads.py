@@ -4,15 +4,17 @@
 A random BERT (default 2 layers x 64 hidden) with a whole-word WordPiece vocabulary of the demo
 corpus, trained by the real CLI for --max_steps steps of 32 sentence pairs of demo_data/en-es.txt
 (diagonal Pharaoh links, so no aligner runs). Each setting starts the script as a subprocess with
-OMP_NUM_THREADS as given ("unset" removes it, and HF_XLADJUST_THREADS with it, so the script
-chooses); "x2" starts two identical runs at once, the grid's situation when two steps share a
-box. The settings are interleaved, --repeats rounds; reported per setting are the medians of the
-wall time of the process (imports included) and of the Trainer's train_runtime (the steps only),
-each also as a ratio to the OMP_NUM_THREADS=1 run alone. A process's threads come from its
-run_args.json (`threads`, where the script records them) or from a `python -c` probe.
+OMP_NUM_THREADS as given ("unset" removes it, so the script chooses); "x2" starts two such runs
+at once, as two grid processes sharing a box do. The settings are interleaved, --repeats rounds;
+each run's numbers are printed as they come, then per setting the medians of the wall time of the
+process (imports included) and of the Trainer's train_runtime (the steps only), each also as a
+ratio to the OMP_NUM_THREADS=1 run alone. The threads a run used are those its run_args.json
+records (`threads`; null for a script that does not); what a plain `import torch` gets under each
+setting is printed first. The machine's other load changes every number: compare ratios within
+one run, round by round.
 
-    python benchmarks/bench_threads.py [--layers 2 --hidden 64 --max_steps 150 --repeats 3]
-        [--settings unset 1 2 unset,x2 1,x2 2,x2 2,x2,passive]
+    python benchmarks/bench_threads.py [--layers 2 --hidden 64 --max_steps 60 --repeats 2]
+        [--settings unset 1 2 2,passive unset,x2 1,x2 2,x2 2,x2,passive]
 
 ",passive" adds OMP_WAIT_POLICY=PASSIVE (libgomp threads sleep at a barrier instead of spinning).
 """
@@ -65,7 +67,7 @@ def diagonal_links(corpus, path):
 def setting_env(setting):
     """The environment of one setting: '1' -> OMP_NUM_THREADS=1, 'unset' -> none; ',passive' adds the wait policy."""
     parts = setting.split(",")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "HF_XLADJUST_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(OFFLINE)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -110,10 +112,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--max_steps", type=int, default=150)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds over all settings (medians are reported)")
+    parser.add_argument("--max_steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all settings (medians are reported)")
     parser.add_argument("--corpus", default=os.path.join(ROOT, "demo_data", "en-es.txt"))
-    parser.add_argument("--settings", nargs="+", default=["unset", "1", "2", "unset,x2", "1,x2", "2,x2"],
+    parser.add_argument("--settings", nargs="+",
+                        default=["unset", "1", "2", "2,passive", "unset,x2", "1,x2", "2,x2", "2,x2,passive"],
                         help="OMP_NUM_THREADS value or 'unset', ',x2' for two processes at once, ',passive' "
                              "for OMP_WAIT_POLICY=PASSIVE")
     args = parser.parse_args()

@@ -90,12 +90,12 @@ def set_cpu_threads(device: str) -> Dict[str, Any]:
 
     Torch starts one OpenMP thread per core of the process's CPU set. When other processes (another run, a
     second grid, someone's tests) share those cores, every parallel region waits for a descheduled thread
-    while the others spin (libgomp's active wait: OMP_WAIT_POLICY=PASSIVE removes the slowdown), and a tiny
-    CPU run trained 9-18x slower than with OMP_NUM_THREADS=1 (11x with two runs at once), against 1.4x
-    faster at best on lightly loaded cores (benchmarks/bench_threads.py; README, CPU threads). So a CPU run
-    with OMP_NUM_THREADS unset gets the cores its Slurm job reserved (SLURM_CPUS_PER_TASK, shared among the
-    job's local processes), otherwise one thread. A set OMP_NUM_THREADS is left to torch, which reads it
-    itself; GPU runs keep torch's default."""
+    while the others spin (libgomp's active wait; OMP_WAIT_POLICY=PASSIVE removes most of it), and a tiny
+    CPU run trained 9x slower than with OMP_NUM_THREADS=1 (11x with two runs at once, 12-23x for a 4 x 256
+    model), against 1.5x faster at best on lightly loaded cores (benchmarks/bench_threads.py; README, CPU
+    threads). So a CPU run with OMP_NUM_THREADS unset gets the cores its Slurm job reserved
+    (SLURM_CPUS_PER_TASK, shared among the job's local processes), otherwise one thread. A set
+    OMP_NUM_THREADS is left to torch, which reads it itself; GPU runs keep torch's default."""
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

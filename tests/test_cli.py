@@ -139,7 +139,7 @@ def threads_in_training(tmp_path, model_dir, omp_num_threads=None):
 
 
 def test_a_cpu_run_without_omp_num_threads_trains_on_one_thread(tmp_path, tiny_model_dir):
-    """torch's own default is one thread per core, which made a tiny run on shared cores 18x slower
+    """torch's own default is one thread per core, which made a tiny run on shared cores 9x slower
     (benchmarks/bench_threads.py); a CPU run with OMP_NUM_THREADS unset trains on one thread and says so."""
     import os
 
