@@ -10,8 +10,8 @@ each run's numbers are printed as they come, then per setting the medians of the
 process (imports included) and of the Trainer's train_runtime (the steps only), each also as a
 ratio to the OMP_NUM_THREADS=1 run alone. The threads a run used are those its run_args.json
 records (`threads`; null for a script that does not); what a plain `import torch` gets under each
-setting is printed first. The machine's other load changes every number: compare ratios within
-one run, round by round.
+setting is printed first. TOKENIZERS_PARALLELISM is the caller's (false where unset). The
+machine's other load changes every number: compare ratios within one run, round by round.
 
     python benchmarks/bench_threads.py [--layers 2 --hidden 64 --max_steps 60 --repeats 2]
         [--settings unset 1 2 2,passive unset,x2 1,x2 2,x2 2,x2,passive]
