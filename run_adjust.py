@@ -27,7 +27,15 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
     write_aligned_pairs,
 )
-from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import (
+    ModelArguments,
+    check_output_dir,
+    parse_arguments,
+    run_main,
+    set_cpu_threads,
+    setup_logging,
+    write_run_args,
+)
 from hf_xladjust.files import write_json
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
@@ -47,6 +55,7 @@ def main():
                      training_args.resume_from_checkpoint)
 
     setup_logging(training_args, logger)
+    threads = set_cpu_threads(training_args.device.type)
     logger.info(f"Training/evaluation parameters {training_args}")
 
     set_seed(training_args.seed)
@@ -102,7 +111,7 @@ def main():
     trainer.save_state()
     if trainer.is_world_process_zero():
         write_run_args(training_args.output_dir, model=model_args, alignment=data_args,
-                       loss=loss_args, training=training_args)
+                       loss=loss_args, training=training_args, threads=threads)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,15 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
-from hf_xladjust.cli import ModelArguments, check_output_dir, parse_arguments, run_main, setup_logging, write_run_args
+from hf_xladjust.cli import (
+    ModelArguments,
+    check_output_dir,
+    parse_arguments,
+    run_main,
+    set_cpu_threads,
+    setup_logging,
+    write_run_args,
+)
 from hf_xladjust.evaluation.tagging import tagging_metrics
 from hf_xladjust.evaluation.transforms import RepresentationTransformArguments, load_for_heads, transform_scope
 from hf_xladjust.tasks.ner import (
@@ -156,6 +164,7 @@ def main():
 
     # Setup logging
     setup_logging(training_args, logger)
+    threads = set_cpu_threads(training_args.device.type)
     logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
                    f"n_gpu: {training_args.n_gpu}, distributed training: {training_args.parallel_mode.value}, "
                    f"16-bits training: {training_args.fp16 or training_args.bf16}")
@@ -366,7 +375,7 @@ def main():
                        max_seq_length_used=max_seq_length, continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
                        representation_transform=transform.describe(languages[1:]) if transform else None,
-                       training=training_args)
+                       training=training_args, threads=threads)
 
 
 if __name__ == "__main__":

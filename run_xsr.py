@@ -38,7 +38,15 @@ import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
-from hf_xladjust.cli import OVERWRITE_HELP, ModelArguments, check_output_dir, parse_arguments, run_main, write_run_args
+from hf_xladjust.cli import (
+    OVERWRITE_HELP,
+    ModelArguments,
+    check_output_dir,
+    parse_arguments,
+    run_main,
+    set_cpu_threads,
+    write_run_args,
+)
 from hf_xladjust.evaluation.retrieval import (
     POOLINGS,
     SentenceRetrievalEvaluator,
@@ -169,6 +177,7 @@ def main():
     datasets.utils.logging.set_verbosity(library_level)
     transformers.utils.logging.set_verbosity(library_level)
     device = torch.device(xsr_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    threads = set_cpu_threads(device.type)
     amp = "fp16" if xsr_args.fp16 else "bf16" if xsr_args.bf16 else None
     logger.info(f"device: {device}, autocast: {amp or 'no'}, pooling: {xsr_args.pooling}, "
                 f"direction: {xsr_args.direction}")
@@ -237,7 +246,7 @@ def main():
                    sources={name: [p.source, p.target] for name, (p, _, _) in sets.items()},
                    representation_transform=transform.describe(
                        [lang for _, s, t in sets.values() for lang in (s, t) if retrieval_transform(transform, lang)]
-                   ) if transform else None)
+                   ) if transform else None, threads=threads)
     logger.info("***** xsr metrics: MRR (acc@1) per layer, * = best layer by MRR *****\n"
                 + format_layer_table(results))
     for name, result in results.items():

@@ -1,5 +1,5 @@
-"""What every run_*.py script shares: the model arguments, logging set-up, the record of its arguments
-and its one-line error exit."""
+"""What every run_*.py script shares: the model arguments, logging set-up, the CPU thread default, the
+record of its arguments and its one-line error exit."""
 import dataclasses
 import logging
 import os
@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import write_json
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +79,46 @@ def setup_logging(training_args, logger: logging.Logger) -> None:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logging.getLogger("hf_xladjust").setLevel(log_level)
+
+
+CPU_THREADS_HELP = ("set OMP_NUM_THREADS=N for N threads: faster only on cores that nothing else uses "
+                    "(README, CPU threads; benchmarks/bench_threads.py)")
+
+
+def set_cpu_threads(device: str) -> Dict[str, Any]:
+    """Torch's intra-op threads for a run on `device`, set once where the script starts; returns what was used.
+
+    Torch starts one OpenMP thread per core of the process's CPU set. When other processes (another run, a
+    second grid, someone's tests) share those cores, every parallel region waits for a descheduled thread
+    while the others spin (libgomp's active wait; OMP_WAIT_POLICY=PASSIVE removes most of it), and a tiny
+    CPU run trained 9x slower than with OMP_NUM_THREADS=1 (11x with two runs at once, 12-23x for a 4 x 256
+    model), against 1.5x faster at best on lightly loaded cores (benchmarks/bench_threads.py; README, CPU
+    threads). So a CPU run with OMP_NUM_THREADS unset gets the cores its Slurm job reserved
+    (SLURM_CPUS_PER_TASK, shared among the job's local processes), otherwise one thread. A set
+    OMP_NUM_THREADS is left to torch, which reads it itself; GPU runs keep torch's default."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    user = os.environ.get("OMP_NUM_THREADS")
+    if user:
+        source = "OMP_NUM_THREADS"
+    elif device != "cpu":
+        source = f"torch's default ({device} run)"
+    else:
+        reserved = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if reserved.isdigit() and int(reserved) > 0:
+            torch.set_num_threads(max(1, min(int(reserved), cores) // local_processes))
+            source = "hf_xladjust CPU default: SLURM_CPUS_PER_TASK"
+        else:
+            torch.set_num_threads(1)
+            source = "hf_xladjust CPU default: 1"
+    threads = {"torch_threads": torch.get_num_threads(), "source": source, "OMP_NUM_THREADS": user,
+               "cores": cores}
+    if source.startswith("hf_xladjust") and os.environ.get("LOCAL_RANK", "0") == "0":  # once, not per process
+        logger.warning("CPU run: %d torch thread(s) (%s; %d core(s) available); %s", threads["torch_threads"],
+                    source, cores, CPU_THREADS_HELP)
+    return threads
 
 
 def write_run_args(output_dir: str, **sections) -> None:

@@ -90,3 +90,96 @@ def test_make_grid_demo_builds_the_model_folder_that_grid_demo_yaml_names():
     assert any(ln.endswith(f"-m hf_xladjust.report {cfg['results_dir']}") for ln in rest)
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert "source .venv/bin/activate" in readme and "make grid-demo" in readme
+
+
+# What torch runs the training with, read inside the script's own process when the Trainer starts: the
+# script runs as `python run_adjust.py` does, with Trainer.train wrapped to print torch.get_num_threads().
+THREADS_PROBE = """
+import json, runpy, sys, torch, transformers
+train = transformers.Trainer.train
+def probe(self, *args, **kwargs):
+    print("TORCH_THREADS=" + json.dumps(torch.get_num_threads()), flush=True)
+    return train(self, *args, **kwargs)
+transformers.Trainer.train = probe
+sys.argv = ["run_adjust.py"] + sys.argv[1:]
+runpy.run_path("run_adjust.py", run_name="__main__")
+"""
+
+
+def threads_in_training(tmp_path, model_dir, omp_num_threads=None):
+    """(torch threads when training starts, run_args.json's `threads`) of a one-step CPU run_adjust.py."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from conftest import FIXTURES, fixture_lines
+
+    root = Path(__file__).resolve().parents[1]
+    links = tmp_path / "links.txt"
+    links.write_text("".join(" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split())))) + "\n"
+                             for a, b in zip(fixture_lines("en"), fixture_lines("es"))))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
+    if omp_num_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_num_threads
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", THREADS_PROBE, "--model_name_or_path", str(model_dir), "--source_file",
+         str(FIXTURES / "en.txt"), "--target_file", str(FIXTURES / "es.txt"), "--target_lang", "es",
+         "--aligner", "pharaoh", "--alignment_file", str(links), "--output_dir", str(out), "--max_steps", "1",
+         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads(line[len("TORCH_THREADS="):]) for line in proc.stdout.splitlines()
+            if line.startswith("TORCH_THREADS=")]
+    assert len(seen) == 1, proc.stdout[-2000:]
+    return seen[0], json.loads((out / "run_args.json").read_text()).get("threads"), proc.stdout
+
+
+def test_a_cpu_run_without_omp_num_threads_trains_on_one_thread(tmp_path, tiny_model_dir):
+    """torch's own default is one thread per core, which made a tiny run on shared cores 9x slower
+    (benchmarks/bench_threads.py); a CPU run with OMP_NUM_THREADS unset trains on one thread and says so."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: torch's default is one thread already")
+    used, recorded, stdout = threads_in_training(tmp_path, tiny_model_dir)
+    assert used == 1
+    assert recorded == {"torch_threads": 1, "source": "hf_xladjust CPU default: 1", "OMP_NUM_THREADS": None,
+                        "cores": len(os.sched_getaffinity(0))}
+    assert stdout.count("CPU run: 1 torch thread(s)") == 1
+
+
+def test_a_user_set_omp_num_threads_is_left_alone(tmp_path, tiny_model_dir):
+    """2 is not the default (1); torch caps OMP_NUM_THREADS at the core count, so this needs two cores."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: torch caps OMP_NUM_THREADS=2 at 1, the default")
+    used, recorded, stdout = threads_in_training(tmp_path, tiny_model_dir, omp_num_threads="2")
+    assert used == 2
+    assert recorded["torch_threads"] == 2 and recorded["source"] == "OMP_NUM_THREADS"
+    assert recorded["OMP_NUM_THREADS"] == "2" and "CPU run:" not in stdout
+
+
+def test_cpu_threads_follow_a_slurm_reservation_and_gpu_runs_keep_torchs_default(monkeypatch):
+    import torch
+
+    from hf_xladjust.cli import set_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    try:
+        torch.set_num_threads(5)
+        assert set_cpu_threads("cuda")["torch_threads"] == 5  # not a CPU run: untouched
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes of one job share its 8 cores
+        assert set_cpu_threads("cpu") == {"torch_threads": 4, "source": "hf_xladjust CPU default: SLURM_CPUS_PER_TASK",
+                                          "OMP_NUM_THREADS": None, "cores": 8}
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+        assert set_cpu_threads("cpu")["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
