@@ -505,7 +505,7 @@ def main():
     from transformers import AutoModel, AutoTokenizer, set_seed
 
     from hf_xladjust.alignment.pairs import AlignedPairCollator, AlignedPairDataset, build_aligned_pairs
-    from hf_xladjust.cli import check_output_dir, parse_arguments, write_run_args
+    from hf_xladjust.cli import check_output_dir, parse_arguments, set_cpu_threads, write_run_args
     from hf_xladjust.files import write_json
 
     model_args, data_args, args = parse_arguments(build_parser())
@@ -526,6 +526,7 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
                                               use_fast=model_args.use_fast_tokenizer, **hub)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    threads = set_cpu_threads(device.type)
     model = AutoModel.from_pretrained(model_args.model_name_or_path, **hub).to(device)
     max_length = min(data_args.align_max_length or tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
@@ -549,7 +550,7 @@ def main():
     write_json(os.path.join(args.output_dir, SUMMARY_NAME), summary)
     logger.info("%s for %s fitted on %d linked words of %d sentence pairs; residual per layer %s -> %s",
                 args.kind, lang, fitted.n, len(dataset), residuals["residual_before"], residuals["residual_after"])
-    write_run_args(args.output_dir, model=model_args, alignment=data_args, transform=args)
+    write_run_args(args.output_dir, model=model_args, alignment=data_args, transform=args, threads=threads)
 
 
 if __name__ == "__main__":
