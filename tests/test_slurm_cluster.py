@@ -226,8 +226,8 @@ def test_grid_on_slurm_dependencies_cancel_and_resume(slurm_cluster, tmp_path, t
     assert nli["JobState"] == "PENDING" and nli["Reason"] == "Dependency"
     assert nli["Partition"] == PARTITION and nli["Comment"] == "hf-xladjust-test"
     assert nli["TimeLimit"] == "00:15:00" and nli["NumCPUs"] == "1"
-    assert cluster.job(ref_jobs["nli/adjusted/es/seed0"][0])["Dependency"].startswith(
-        f"afterok:{ref_jobs['adjust/es/seed0'][0]}")
+    # (the reference's adjustment may be over by now, and Slurm then shows no dependency: its submission line)
+    assert ref_jobs["nli/adjusted/es/seed0"][1] == [ref_jobs["adjust/es/seed0"][0]]
 
     # cancel the fine-tuning once it has a complete checkpoint
     target = res / "nli/adjusted/es/seed0"
