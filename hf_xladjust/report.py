@@ -54,6 +54,7 @@ import numpy as np
 from hf_xladjust.errors import InputError
 from hf_xladjust.evaluation.tagging import LEVELS as NER_METRICS
 from hf_xladjust.evaluation.tagging import sentence_counts
+from hf_xladjust.experiments.config import regime_size
 from hf_xladjust.files import atomic_write, write_json
 from hf_xladjust.statistics import (
     ALPHA,
@@ -84,18 +85,17 @@ REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_
 ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_multi": "Adjusted (multi)",
               "adjusted_cont": "Adj + cont", "original_cont": "Orig + cont", "rotation": "Rotation",
               "normalized": "Normalized"}
-_SIZED = re.compile(r"^adjusted_n([1-9][0-9]*)$")
 
 
 def _sort_key(regime: str) -> Tuple[int, int]:
-    m = _SIZED.match(regime)
-    if m:
-        return REGIMES.index("adjusted"), int(m.group(1))
+    size = regime_size(regime)
+    if size is not None:
+        return REGIMES.index("adjusted"), size
     return REGIMES.index(regime), 0
 
 
 def is_regime(name: str) -> bool:
-    return name in REGIMES or _SIZED.match(name) is not None
+    return name in REGIMES or regime_size(name) is not None
 
 
 def ordered_regimes(names) -> List[str]:
@@ -105,8 +105,8 @@ def ordered_regimes(names) -> List[str]:
 
 def row_label(regime: str) -> str:
     """`Adjusted (5000 sent.)` for adjusted_n5000, else the regime's row label."""
-    m = _SIZED.match(regime)
-    return f"Adjusted ({m.group(1)} sent.)" if m else ROW_LABELS.get(regime, regime)
+    size = regime_size(regime)
+    return f"Adjusted ({size} sent.)" if size is not None else ROW_LABELS.get(regime, regime)
 
 # Which regimes each row is tested against: `*` vs Original, `**` vs Adjusted.
 BASELINES = ("original", "adjusted")
