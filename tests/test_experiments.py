@@ -726,6 +726,20 @@ def test_the_e5_offline_grid_plans_on_the_shared_data(tmp_path, shared_data, tin
     assert {"xnli/test-hi.tsv", "xnli/test-en.tsv", "wikiann/dev-hi.tsv", "tatoeba"} <= inputs
 
 
+def test_the_e5_regimes_grid_plans_on_the_shared_data(tmp_path, shared_data, tiny_model_dir, capsys):
+    """examples/grid_e5_regimes_offline.yaml (docs/results/e5-small-regimes.md): its 40 steps pass their
+    parsers, with every input file there."""
+    cfg = yaml.safe_load((ROOT / "examples" / "grid_e5_regimes_offline.yaml").read_text())
+    cfg.update(model_name_or_path=str(tiny_model_dir), results_dir=str(tmp_path / "results"), workdir=str(ROOT))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--dry_run"]) == 0
+    names = re.findall(r"^# (\S+) \[to run\]", capsys.readouterr().out, re.M)
+    assert len(names) == 40
+    assert {n.split("/")[0] for n in names} == {"align", "adjust", "adjust_n500", "transform", "xsr"}
+    assert len([n for n in names if n.startswith(("xsr/rotation/", "xsr/normalized/"))]) == 8
+
+
 # --- the regimes of issue 12: adjusted_multi, adjusted_n{size}, rotation, normalized ---------------
 
 NEW_REGIMES = ["original", "adjusted", "adjusted_multi", "rotation", "normalized"]
