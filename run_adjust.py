@@ -44,7 +44,10 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser((ModelArguments, AdjustDataArguments, AlignmentLossArguments, AdjustTrainingArguments))
+    from hf_xladjust.cli import script_parser
+
+    return script_parser((ModelArguments, AdjustDataArguments, AlignmentLossArguments, AdjustTrainingArguments),
+                         __doc__)
 
 
 def main():

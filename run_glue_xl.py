@@ -149,9 +149,11 @@ class NLITrainingArguments(FineTuningArguments):
 
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser(
+    from hf_xladjust.cli import script_parser
+
+    return script_parser(
         (ModelArguments, DataTrainingArguments, RepresentationTransformArguments, ContinualAlignArguments,
-         AlignmentDataArguments, AlignmentLossArguments, NLITrainingArguments)
+         AlignmentDataArguments, AlignmentLossArguments, NLITrainingArguments), __doc__
     )
 
 

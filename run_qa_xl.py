@@ -158,9 +158,11 @@ class QATrainingArguments(FineTuningArguments):
 
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser(
+    from hf_xladjust.cli import script_parser
+
+    return script_parser(
         (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
-         AlignmentLossArguments, QATrainingArguments)
+         AlignmentLossArguments, QATrainingArguments), __doc__
     )
 
 

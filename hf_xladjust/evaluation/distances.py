@@ -438,13 +438,19 @@ def load_pairs(args: DistanceAnalysisArguments,
     return pairs, {"source": args.train_file or [args.source_file, args.target_file], **stats}
 
 
-def build_parser():
-    from transformers import HfArgumentParser
+CLI_DESCRIPTION = """L2 distances of related vs unrelated word vectors (Fig. 1), for up to five model states, on
+held-out aligned sentence pairs: distances.png, distances.json, distances.npz. Example:
 
-    parser = HfArgumentParser((DistanceAnalysisArguments, AlignmentDataArguments),
-                              prog="python -m hf_xladjust.evaluation.distances",
-                              description="L2 distances of related vs unrelated word vectors (Fig. 1), "
-                                          "for up to five model states.")
+    python -m hf_xladjust.evaluation.distances --model original=models/e5-small \\
+        --model adjusted=out/adjusted-es --train_file heldout.txt --output_dir out/distances
+"""
+
+
+def build_parser():
+    from hf_xladjust.cli import script_parser
+
+    parser = script_parser((DistanceAnalysisArguments, AlignmentDataArguments), CLI_DESCRIPTION,
+                           prog="python -m hf_xladjust.evaluation.distances")
     parser.add_argument("--model", action="append", metavar="NAME=PATH",
                         help="A model state to measure (repeat, up to 5): an encoder or a fine-tuned task "
                              "checkpoint; each folder brings its own tokenizer. Needed unless --results_dir.")

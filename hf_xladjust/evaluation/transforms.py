@@ -481,15 +481,23 @@ class TransformArguments:
             raise ValueError(f"--per_device_batch_size must be positive, got {self.per_device_batch_size}")
 
 
+CLI_DESCRIPTION = """Fit an evaluation-time baseline on one parallel corpus: a rotation (orthogonal Procrustes)
+or a per-language normalisation of every hidden state, applied by run_glue_xl.py, run_ner_xl.py and run_xsr.py
+with --representation_transform. Example:
+
+    python -m hf_xladjust.evaluation.transforms --kind rotation --model_name_or_path out/xnli \\
+        --source_file wiki.en --target_file wiki.es --target_lang es --output_dir out/rot-es
+"""
+
+
 def build_parser():
     """The CLI's arguments (the grid's dry run checks each step's flags against it): the model, one corpus
     with run_adjust.py's pair options, and `TransformArguments`."""
-    from transformers import HfArgumentParser
-
     from hf_xladjust.alignment.multilingual import AdjustDataArguments
-    from hf_xladjust.cli import ModelArguments
+    from hf_xladjust.cli import ModelArguments, script_parser
 
-    return HfArgumentParser((ModelArguments, AdjustDataArguments, TransformArguments))
+    return script_parser((ModelArguments, AdjustDataArguments, TransformArguments), CLI_DESCRIPTION,
+                         prog="python -m hf_xladjust.evaluation.transforms")
 
 
 def target_language(data_args) -> str:

@@ -11,10 +11,13 @@ import sys
 from hf_xladjust.errors import InputError
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hf_xladjust.experiments",
-                                description="The experiment grid: adjustment, fine-tuning and zero-shot evaluation "
-                                            "over tasks, languages, seeds and regimes, through submitit.")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="The experiment grid: adjustment, fine-tuning and zero-shot evaluation\n"
+                                            "over tasks, languages, seeds and regimes, through submitit. Example:\n\n"
+                                            "    python -m hf_xladjust.experiments examples/grid_paper.yaml "
+                                            "--dry_run\n")
     p.add_argument("config", help="YAML or JSON configuration file.")
     p.add_argument("--dry_run", action="store_true",
                    help="Check every step's arguments against its script and the model folder, print every "
@@ -29,7 +32,11 @@ def parse_args(argv=None):
                    help="Rerun these steps from scratch even if finished (e.g. after a code change), and every "
                         "step that depends on them.")
     p.add_argument("--wait", action="store_true", help="On Slurm, wait for the submitted jobs to end.")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,10 @@ class AlignArguments:
 
 def build_parser() -> HfArgumentParser:
     """The step's arguments; the grid's dry run checks each step's flags against it."""
-    return HfArgumentParser(AlignArguments)
+    from hf_xladjust.cli import script_parser
+
+    return script_parser(AlignArguments, __doc__.replace("\n\n    python", " Example:\n\n    python", 1),
+                         prog="python -m hf_xladjust.experiments.align")
 
 
 def main():
