@@ -77,7 +77,7 @@ def invocation(tokens):
         if token.startswith("run_") and token.endswith(".py"):
             target, args = token[:-3], tokens[i + 1:]
             break
-        if token == "-m" and i + 1 < len(tokens) and tokens[i + 1].startswith("hf_xladjust"):
+        if token == "-m" and i + 1 < len(tokens) and re.fullmatch(r"hf_xladjust(\.\w+)*", tokens[i + 1]):
             target, args = tokens[i + 1], tokens[i + 2:]
             break
     else:
