@@ -90,6 +90,30 @@ def test_pooled_ids_and_vectors_follow_the_running_text(arch, arch_dirs):
         torch.testing.assert_close(vectors, torch.cat([words, added]), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "xlmr"])
+def test_ner_labels_first_subword_of_the_running_text(arch, arch_dirs):
+    from hf_xladjust.tasks.ner import LABELS, encode_examples
+
+    tok = AutoTokenizer.from_pretrained(arch_dirs(arch))
+    sentences = [["Maria", "Lopez", "reads", "café"], ["el", "gato", "duerme", "en", "Madrid"]]
+    tags = [["B-PER", "I-PER", "O", "O"], ["O", "O", "O", "O", "B-LOC"]]
+    label_to_id = {t: i for i, t in enumerate(LABELS)}
+    enc = encode_examples(tok, sentences, tags, label_to_id, 64)
+    for words, gold, ids, labels, index in zip(sentences, tags, enc["input_ids"], enc["labels"], enc["word_index"]):
+        assert ids == tok(" ".join(words))["input_ids"]
+        offsets = tok(" ".join(words), return_offsets_mapping=True)["offset_mapping"]
+        firsts = [t for t, k in enumerate(index) if k >= 0]
+        assert [index[t] for t in firsts] == list(range(len(words)))
+        assert [labels[t] for t in firsts] == [label_to_id[g] for g in gold]
+        assert sum(lab != -100 for lab in labels) == len(words)
+        starts, pos = [], 0
+        for w in words:  # each first subword starts at its word or at the space before it (a lone 'Ġ')
+            starts.append(pos)
+            pos += len(w) + 1
+        assert all(max(starts[index[t]] - 1, 0) <= offsets[t][0] <= starts[index[t]] <= offsets[t][1]
+                   and offsets[t][0] < offsets[t][1] for t in firsts)
+
+
 def test_truncation_drops_cut_words_and_counts_their_links(arch_dirs):
     tok = AutoTokenizer.from_pretrained(arch_dirs("qwen2"))
     pairs = fixture_pairs()
@@ -155,6 +179,18 @@ def test_byte_level_align_loss_equals_eq1_from_offsets(tmp_path, arch_dirs):
     expected = torch.stack(diffs).double().pow(2).mean().item()
     assert expected > 0
     assert abs(logged[0]["align_loss"] - expected) / expected < 1e-4
+    # the word-by-word tokenisation (is_split_into_words) gives another loss: the check tells them apart
+    split = []
+    for p in pairs:
+        vecs = []
+        for words in (p.src, p.tgt):
+            enc = tok(words, is_split_into_words=True, return_tensors="pt")
+            with torch.no_grad():
+                h = model(input_ids=enc["input_ids"]).last_hidden_state[0]
+            ids = enc.word_ids()
+            vecs.append([h[[t for t, w in enumerate(ids) if w == k]].mean(0) for k in range(len(words))] + [h[0]])
+        split += [vecs[1][j] - vecs[0][i] for i, j in p.links] + [vecs[1][-1] - vecs[0][-1]]
+    assert abs(torch.stack(split).double().pow(2).mean().item() - expected) / expected > 1e-2
     assert logged[0]["anchor_loss"] == pytest.approx(0.0, abs=1e-9)
 
 
