@@ -37,6 +37,7 @@ from hf_xladjust.cli import (
     write_run_args,
 )
 from hf_xladjust.files import write_json
+from hf_xladjust.tokenization import ensure_pad_token
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def main():
                                               use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
     config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
                                         **model_args.hub_kwargs())
+    ensure_pad_token(tokenizer, config)
     model = AutoModel.from_pretrained(model_args.model_name_or_path, config=config, **model_args.hub_kwargs())
     original = copy.deepcopy(model)  # f0: frozen, never saved
 
@@ -86,6 +88,7 @@ def main():
     train_dataset = AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)
     stats["links_truncated"] = train_dataset.links_lost
     stats["links_special_tokens"] = train_dataset.special_links  # CLS<->CLS, SEP<->SEP (--link_special_tokens)
+    stats["special_tokens_added"] = train_dataset.special_tokens  # by the tokenizer; [] means no special links
     if data_args.parallel:
         for lang, links in links_trained_by_language(train_dataset).items():
             stats["languages"][lang]["links_truncated"] = stats["languages"][lang]["links_kept"] - links

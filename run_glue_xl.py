@@ -68,6 +68,7 @@ from hf_xladjust.tasks.xnli import (
     model_label_ids,
     write_predictions,
 )
+from hf_xladjust.tokenization import ensure_pad_token
 from hf_xladjust.trainers.continual import (
     ContinualAlignArguments,
     ContinualAlignTrainer,
@@ -227,6 +228,7 @@ def main():
         use_fast=model_args.use_fast_tokenizer,
         **model_args.hub_kwargs(),
     )
+    ensure_pad_token(tokenizer, config)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,

@@ -36,7 +36,6 @@ from transformers import (
     DataCollatorForTokenClassification,
     EvalPrediction,
     HfArgumentParser,
-    PreTrainedTokenizerFast,
     default_data_collator,
     set_seed,
 )
@@ -64,6 +63,7 @@ from hf_xladjust.tasks.ner import (
     word_predictions,
     write_predictions,
 )
+from hf_xladjust.tokenization import ensure_pad_token, require_fast
 from hf_xladjust.trainers.continual import (
     ContinualAlignArguments,
     ContinualAlignTrainer,
@@ -217,8 +217,9 @@ def main():
         model_args.tokenizer_name or model_args.model_name_or_path,
         use_fast=model_args.use_fast_tokenizer,
         **model_args.hub_kwargs(),
-        add_prefix_space=True if config.model_type in {"bloom", "gpt2", "roberta", "deberta"} else None,
-    )
+    )  # words are tokenised as running text (hf_xladjust.tokenization): no add_prefix_space needed
+    require_fast(tokenizer, "run_ner_xl.py")
+    ensure_pad_token(tokenizer, config)
     model = AutoModelForTokenClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
@@ -226,10 +227,6 @@ def main():
     )
     # --representation_transform: a hook on the last hidden state, active while a non-English set is predicted.
     transform = load_for_heads(transform_args.representation_transform, model, languages if eval_sets else [])
-
-    # Tokenizer check: this script requires a fast tokenizer (word_ids() maps subwords to words).
-    if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise ValueError("This script needs a fast tokenizer (word_ids() maps subwords back to words).")
 
     # Preprocessing the datasets
     padding = "max_length" if data_args.pad_to_max_length else False

@@ -34,7 +34,6 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     HfArgumentParser,
-    PreTrainedTokenizerFast,
     default_data_collator,
     set_seed,
 )
@@ -66,6 +65,7 @@ from hf_xladjust.tasks.qa import (
     write_qa_predictions,
     xquad_sets,
 )
+from hf_xladjust.tokenization import ensure_pad_token, require_fast
 from hf_xladjust.trainers.continual import ContinualAlignArguments, FineTuningArguments, continual_kwargs
 from hf_xladjust.trainers.qa import QuestionAnsweringTrainer
 
@@ -244,15 +244,13 @@ def main():
         use_fast=model_args.use_fast_tokenizer,
         **model_args.hub_kwargs(),
     )
+    require_fast(tokenizer, "run_qa_xl.py (offset mappings)")
+    ensure_pad_token(tokenizer, config)
     model = AutoModelForQuestionAnswering.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         **model_args.hub_kwargs(),
     )
-
-    # Tokenizer check: this script requires a fast tokenizer (offsets and overflowing windows).
-    if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise TypeError("run_qa_xl.py needs a fast tokenizer (offset mappings)")
 
     # Preprocessing the datasets.
     max_seq_length = data_args.max_seq_length

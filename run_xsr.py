@@ -62,6 +62,7 @@ from hf_xladjust.evaluation.transforms import (
     retrieval_transform,
 )
 from hf_xladjust.files import write_json, write_jsonl
+from hf_xladjust.tokenization import ensure_pad_token
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def main():
         use_fast=model_args.use_fast_tokenizer,
         **model_args.hub_kwargs(),
     )
+    ensure_pad_token(tokenizer)
     model = AutoModel.from_pretrained(
         model_args.model_name_or_path,
         **model_args.hub_kwargs(),

@@ -14,6 +14,7 @@ import torch
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import write_jsonl
+from hf_xladjust.tokenization import require_fast, tokenize_running_text
 
 logger = logging.getLogger(__name__)
 
@@ -220,60 +221,54 @@ def read_aligned_pairs(path: str) -> List[AlignedPair]:
     return pairs
 
 
-def _tokenize_words(tokenizer, sentences, max_length):
-    """Tokenise word lists once; per sentence, yield (row in the encoding, id of a word cut in two by
-    truncation or None). The overflow rows tell which word continues past the limit."""
-    enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
-                    return_overflowing_tokens=True, stride=0)
-    mapping = enc["overflow_to_sample_mapping"]
-    rows = []
-    for row, sample in enumerate(mapping):
-        if row == 0 or mapping[row - 1] != sample:
-            rows.append((row, None))
-        elif rows[-1][1] is None and row == rows[-1][0] + 1:
-            first_cut = next((w for w in enc.word_ids(row) if w is not None), None)
-            rows[-1] = (rows[-1][0], first_cut)
-    return enc, rows
+def _slot_encode(ids, token_word: np.ndarray, added: np.ndarray, cut_word: Optional[int], n_words: int):
+    """Token ids and, per token, its slot: word slots first (in word order), then one slot per token the
+    tokenizer added (CLS/SEP, BOS/EOS; none for a tokenizer that adds none). A word cut by truncation
+    gets no slot (-1), so it drops out of links and anchor; so does a token of no word.
 
-
-def _slot_encode(encoding, row: int, cut_word: Optional[int], n_words: int):
-    """Token ids and, per token, its slot: word slots first (in word order), then one slot per special
-    token. A word cut by truncation gets no slot (-1), so it drops out of links and anchor.
-
-    Returns (input_ids, token_slot, slot_of_word (-1 for words without a slot))."""
-    ids = encoding["input_ids"][row]
-    word_ids = np.array([-1 if w is None else w for w in encoding.word_ids(row)], dtype=np.int64)
-    present = np.unique(word_ids[word_ids >= 0])
+    Returns (input_ids, token_slot, slot_of_word (-1 for words without a slot), number of word slots)."""
+    present = np.unique(token_word[token_word >= 0])
     if cut_word is not None:
         present = present[present != cut_word]
     slot_of_word = np.full(n_words, -1, dtype=np.int64)
     slot_of_word[present] = np.arange(len(present))
-    token_slot = np.where(word_ids >= 0, slot_of_word[np.maximum(word_ids, 0)], -1)
-    special_positions = np.flatnonzero(word_ids < 0)
+    token_slot = np.where(token_word >= 0, slot_of_word[np.maximum(token_word, 0)], -1)
+    special_positions = np.flatnonzero(added)
     token_slot[special_positions] = len(present) + np.arange(len(special_positions))
-    return ids, token_slot, slot_of_word
+    return list(ids), token_slot, slot_of_word, len(present)
 
 
 class AlignedPairDataset(torch.utils.data.Dataset):
     """Aligned pairs tokenised once into slot-annotated features for `AlignedPairCollator`.
 
-    Words the tokenizer truncates away drop out of the links and the anchor; nothing indexes past them."""
+    Each sentence is tokenised as running text (`hf_xladjust.tokenization`): the model sees the ids of
+    `tokenizer(" ".join(words))`, and each subword pools into the word whose characters it covers.
+    Words the tokenizer truncates away drop out of the links and the anchor; nothing indexes past them.
+    `special_tokens` are the tokens the tokenizer adds to a sentence (from its output; empty for one
+    that adds none: then there are no special-token links)."""
 
     def __init__(self, pairs: Sequence[AlignedPair], tokenizer, max_length: Optional[int] = None,
                  link_special_tokens: bool = False):
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError("aligned pairs need a fast tokenizer (word_ids() maps subwords back to words)")
+        require_fast(tokenizer, "aligned word pairs")
         max_length = max_length or tokenizer.model_max_length
         self.pairs = list(pairs)
-        enc_src, rows_src = _tokenize_words(tokenizer, [p.src for p in self.pairs], max_length)
-        enc_tgt, rows_tgt = _tokenize_words(tokenizer, [p.tgt for p in self.pairs], max_length)
+        encoded = {side: tokenize_running_text(tokenizer, [getattr(p, side) for p in self.pairs], max_length)
+                   for side in ("src", "tgt")}
         self.features, self.links_lost, self.special_links = [], 0, 0
         self.word_slots = {"src": [], "tgt": []}  # per pair: word index -> slot (-1: truncated away)
-        for pair, (s_row, s_cut), (t_row, t_cut) in zip(self.pairs, rows_src, rows_tgt):
-            s_ids, s_slot, s_map = _slot_encode(enc_src, s_row, s_cut, len(pair.src))
-            t_ids, t_slot, t_map = _slot_encode(enc_tgt, t_row, t_cut, len(pair.tgt))
-            self.word_slots["src"].append(s_map)
-            self.word_slots["tgt"].append(t_map)
+        self.special_tokens: List[str] = []
+        for k, pair in enumerate(self.pairs):
+            side_features = {}
+            for side, enc in encoded.items():
+                row = enc.row(k)
+                side_features[side] = _slot_encode(enc.encoding["input_ids"][row], enc.token_word[row],
+                                                   enc.added[row], enc.cut_word(k), len(getattr(pair, side)))
+                self.word_slots[side].append(side_features[side][2])
+            s_ids, s_slot, s_map, s_words = side_features["src"]
+            t_ids, t_slot, t_map, t_words = side_features["tgt"]
+            if k == 0:
+                self.special_tokens = tokenizer.convert_ids_to_tokens(
+                    [s_ids[i] for i in np.flatnonzero(encoded["src"].added[encoded["src"].row(0)])])
             links = np.array(pair.links, dtype=np.int64).reshape(-1, 2)
             slot_links = np.stack([s_map[links[:, 0]], t_map[links[:, 1]]], axis=1)
             keep = (slot_links >= 0).all(axis=1)
@@ -281,17 +276,19 @@ class AlignedPairDataset(torch.utils.data.Dataset):
             slot_links = slot_links[keep]
             is_special = np.zeros(len(slot_links), dtype=bool)
             if link_special_tokens:  # CLS<->CLS, SEP<->SEP: the special slots follow the word slots
-                s_special = np.arange(s_map.max() + 1, s_slot.max() + 1)
-                t_special = np.arange(t_map.max() + 1, t_slot.max() + 1)
-                if len(s_special) == len(t_special):
+                s_special = np.arange(s_words, s_slot.max(initial=-1) + 1)
+                t_special = np.arange(t_words, t_slot.max(initial=-1) + 1)
+                if len(s_special) == len(t_special) and len(s_special):
                     slot_links = np.concatenate([slot_links, np.stack([s_special, t_special], axis=1)])
                     is_special = np.concatenate([is_special, np.ones(len(s_special), dtype=bool)])
                     self.special_links += len(s_special)
             self.features.append({
-                "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max()) + 1,
-                "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max()) + 1,
+                "src_input_ids": s_ids, "src_token_slot": s_slot, "src_num_slots": int(s_slot.max(initial=-1)) + 1,
+                "tgt_input_ids": t_ids, "tgt_token_slot": t_slot, "tgt_num_slots": int(t_slot.max(initial=-1)) + 1,
                 "links": slot_links, "link_is_special": is_special,
             })
+        if link_special_tokens and not self.special_tokens:
+            logger.warning("The tokenizer adds no special tokens (no CLS/SEP or BOS/EOS): no special-token links")
         if self.links_lost:
             logger.warning("%d links dropped: their words were truncated at max_length=%d",
                            self.links_lost, max_length)
@@ -321,15 +318,18 @@ class AlignedPairCollator:
     `word_links`, the positions of the links between words, i.e. not CLS<->CLS or SEP<->SEP (for the
     contrastive objective; computed here so that the loss selects them without a host sync)."""
 
-    pad_token_id: int
+    pad_token_id: Optional[int]
 
     def __call__(self, features):
+        # Padded positions are masked out of attention and of every slot: a tokenizer without a pad token
+        # (hf_xladjust.tokenization.ensure_pad_token) pads with id 0 here rather than failing.
+        pad_id = 0 if self.pad_token_id is None else self.pad_token_id
         batch = {}
         offsets = {}
         for side in ("src", "tgt"):
             counts = np.array([f[f"{side}_num_slots"] for f in features], dtype=np.int64)
             offsets[side] = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            ids = _pad([f[f"{side}_input_ids"] for f in features], self.pad_token_id)
+            ids = _pad([f[f"{side}_input_ids"] for f in features], pad_id)
             slots = _pad([np.where(f[f"{side}_token_slot"] >= 0, f[f"{side}_token_slot"] + off, -1)
                           for f, off in zip(features, offsets[side])], -1)
             lengths = torch.tensor([len(f[f"{side}_input_ids"]) for f in features])

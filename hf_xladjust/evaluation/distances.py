@@ -49,6 +49,7 @@ from hf_xladjust.alignment.pairs import (
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import write_json
 from hf_xladjust.sampling import subsample_indices
+from hf_xladjust.tokenization import require_fast
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +176,7 @@ class WordDistanceEvaluator:
         self._encoded: Dict[int, tuple] = {}
 
     def _encode(self, tokenizer, model) -> _Encoded:
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError("the distance analysis needs a fast tokenizer (word_ids() maps subwords to words)")
+        require_fast(tokenizer, "the distance analysis")
         limits = [self.max_length, tokenizer.model_max_length,
                   getattr(getattr(model, "config", None), "max_position_embeddings", None)]
         max_length = min(int(x) for x in limits if x)

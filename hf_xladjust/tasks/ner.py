@@ -15,6 +15,7 @@ import numpy as np
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import read_text_lines, write_jsonl
 from hf_xladjust.tasks.labels import match_model_labels
+from hf_xladjust.tokenization import tokenize_running_text
 
 # The tags of the Hub's `wikiann` dataset, in its ClassLabel order.
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
@@ -188,7 +189,8 @@ def b_to_i_ids(label_to_id: Dict[str, int]) -> Dict[int, int]:
 def encode_examples(tokenizer, tokens: Sequence[Sequence[str]], tags: Optional[Sequence[Sequence[str]]],
                     label_to_id: Optional[Dict[str, int]], max_length: int, label_all_tokens: bool = False,
                     padding=False) -> Dict[str, list]:
-    """Tokenise sentences of words (a fast tokenizer, `is_split_into_words=True`) and align the tags.
+    """Tokenise sentences of words as running text (`hf_xladjust.tokenization`: the ids the model sees on
+    `tokenizer(" ".join(words))`, each subword given to the word whose characters it covers) and align the tags.
 
     `labels` (only when `tags` are given): the word's model label id on its first subword; on its
     other subwords -100, or with `label_all_tokens` the word's label (B-X turned into I-X); -100 on
@@ -196,35 +198,25 @@ def encode_examples(tokenizer, tokens: Sequence[Sequence[str]], tags: Optional[S
     (to map predictions back to words). `truncated_words`: words with subwords, all of them beyond
     `max_length`; `untokenized_words`: words the tokenizer turns into no subword at all."""
     # One pass: the overflow rows of a sentence hold the subwords past `max_length` (as for aligned pairs).
-    enc = tokenizer(list(map(list, tokens)), is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=padding, return_overflowing_tokens=True, stride=0)
-    mapping = np.asarray(enc["overflow_to_sample_mapping"])
-    starts = np.flatnonzero(np.r_[True, mapping[1:] != mapping[:-1]])  # each sentence's first row
-    ends = np.r_[starts[1:], len(mapping)]
+    enc = tokenize_running_text(tokenizer, tokens, max_length, padding=padding)
     b_to_i = b_to_i_ids(label_to_id) if label_to_id is not None else None
+    if b_to_i is not None:
+        to_i = np.arange(max(b_to_i) + 1)
+        to_i[list(b_to_i)] = list(b_to_i.values())
     word_index, labels, truncated, untokenized = [], [], [], []
     for i, words in enumerate(tokens):
-        ids = enc.word_ids(int(starts[i]))
-        kept = {w for w in ids if w is not None}
-        present = kept.union(*({w for w in enc.word_ids(int(r)) if w is not None}
-                               for r in range(starts[i] + 1, ends[i])))
-        truncated.append(len(present - kept))
-        untokenized.append(len(words) - len(present))
-        row_index, row_labels, previous = [], [], None
-        for w in ids:
-            first = w is not None and w != previous
-            row_index.append(w if first else -1)
-            if tags is not None:
-                if w is None:
-                    row_labels.append(-100)
-                else:
-                    gold = label_to_id[tags[i][w]]
-                    row_labels.append(gold if first else (b_to_i[gold] if label_all_tokens else -100))
-            previous = w
-        word_index.append(row_index)
+        w = enc.token_word[enc.row(i)]
+        past = enc.words_past_limit(i)
+        truncated.append(len(past))
+        untokenized.append(len(words) - len(np.unique(w[w >= 0])) - len(past))
+        first = (w >= 0) & (w != np.r_[-1, w[:-1]])
+        word_index.append(np.where(first, w, -1).tolist())
         if tags is not None:
-            labels.append(row_labels)
-    result = {key: [values[r] for r in starts] for key, values in enc.items() if key != "overflow_to_sample_mapping"}
+            gold = np.array([label_to_id[t] for t in tags[i]] + [0], dtype=np.int64)[np.maximum(w, 0)]
+            rest = to_i[gold] if label_all_tokens else np.full_like(gold, -100)
+            labels.append(np.where(w < 0, -100, np.where(first, gold, rest)).tolist())
+    dropped = ("overflow_to_sample_mapping", "offset_mapping", "special_tokens_mask")
+    result = {key: [values[r] for r in enc.first_row] for key, values in enc.encoding.items() if key not in dropped}
     result["word_index"] = word_index
     result["truncated_words"] = truncated
     result["untokenized_words"] = untokenized
