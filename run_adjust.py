@@ -28,7 +28,7 @@ from hf_xladjust.alignment.pairs import (
     write_aligned_pairs,
 )
 from hf_xladjust.alignment.realign import RealignmentArguments, prepare_model
-from hf_xladjust.alignment.sentence import build_alignment_loss
+from hf_xladjust.alignment.sentence import build_alignment_loss, check_sentence_options
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
@@ -53,6 +53,7 @@ def build_parser() -> HfArgumentParser:
 def main():
     parser = build_parser()
     model_args, data_args, loss_args, training_args, realign_args = parse_arguments(parser)
+    check_sentence_options(loss_args, realign_args)
     # run_args.json is the last file this script writes.
     check_output_dir(training_args.output_dir, "run_args.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)

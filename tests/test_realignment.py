@@ -270,3 +270,18 @@ def test_run_adjust_sentence_level_logs_the_hand_computed_info_nce(tmp_path, mod
     assert logged[0]["anchor_loss"] == 0.0
     realign = json.loads((out / "run_args.json").read_text())["realign"]
     assert (realign["align_level"], realign["sentence_pooling"]) == ("sentence", "mean")
+
+
+def test_sentence_level_refuses_sub_batches_before_reading_data(tmp_path, model_dir, monkeypatch):
+    import sys
+
+    import run_adjust as script
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["run_adjust.py", "--model_name_or_path", str(model_dir), "--train_file",
+                                      str(tmp_path / "missing.txt"), "--output_dir", str(out),
+                                      "--align_level", "sentence", "--sub_batch_size", "4"])
+    with pytest.raises(SystemExit) as err:
+        script.run_main(script.main)
+    assert str(err.value.code).startswith("run_adjust.py: error: --sub_batch_size is the paper's word-level loop")
+    assert not out.exists()

@@ -22,9 +22,9 @@ class FreezeArguments:
     freeze_layers: Optional[str] = field(
         default=None,
         metadata={"help": "Layers that stay frozen during realignment: lower (the first half of the transformer "
-                          "blocks, AlignFreeze's default), upper (the last half), or a comma-separated list of "
-                          "hidden-state indices (0 = embeddings, k = the k-th block), e.g. 0,1,5. The embeddings "
-                          "train with lower/upper, as in AlignFreeze."},
+                          "blocks, AlignFreeze's freeze_realign_unfreeze), upper (the last half), or a "
+                          "comma-separated list of hidden-state indices (0 = embeddings, k = the k-th block), e.g. "
+                          "0,1,5. The embeddings train with lower/upper, as in AlignFreeze."},
     )
 
     def __post_init__(self):

@@ -135,14 +135,19 @@ class SentenceAlignmentLoss(AlignmentLoss):
                 "num_links": int(src_sent.shape[0])}
 
 
+def check_sentence_options(loss_args: AlignmentLossArguments, sentence_args: SentenceAlignmentArguments) -> None:
+    """One-line errors for loss options that contradict --align_level sentence (call it before the data)."""
+    if sentence_args.align_level == "sentence" and loss_args.sub_batch_size:
+        raise InputError("--sub_batch_size is the paper's word-level loop; --align_level sentence takes its "
+                         "candidates from the whole batch (drop --sub_batch_size)")
+
+
 def build_alignment_loss(loss_args: AlignmentLossArguments, sentence_args: SentenceAlignmentArguments,
                          anchor_model=None, align_weight: float = 1.0) -> AlignmentLoss:
     """The loss the arguments ask for: `AlignmentLoss` (word level) or `SentenceAlignmentLoss`."""
+    check_sentence_options(loss_args, sentence_args)
     if sentence_args.align_level == "word":
         return AlignmentLoss.from_args(loss_args, anchor_model=anchor_model, align_weight=align_weight)
-    if loss_args.sub_batch_size:
-        raise InputError("--sub_batch_size is the paper's word-level loop; --align_level sentence takes its "
-                         "candidates from the whole batch (drop --sub_batch_size)")
     return SentenceAlignmentLoss(anchor_model, align_layer=loss_args.align_layer,
                                  pull_target=loss_args.pull_target, anchor_weight=loss_args.anchor_weight,
                                  align_weight=align_weight, temperature=loss_args.align_temperature,
