@@ -1,5 +1,6 @@
 """Issue 19 building blocks against independent computations: LoRA merge and f0 through disabled adapters,
 the sentence-level InfoNCE in float64, layer freezing; and the three through run_adjust.py."""
+import copy
 import json
 import math
 
@@ -285,3 +286,30 @@ def test_sentence_level_refuses_sub_batches_before_reading_data(tmp_path, model_
         script.run_main(script.main)
     assert str(err.value.code).startswith("run_adjust.py: error: --sub_batch_size is the paper's word-level loop")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_decoder_lora_defaults_f0_and_freezing(arch):
+    """Llama/Qwen2: PEFT's default targets (q_proj, v_proj), f0 through disabled adapters equals the base
+    decoder exactly, and layer 0 is `embed_tokens`."""
+    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+
+    config_cls, model_cls = (LlamaConfig, LlamaModel) if arch == "llama" else (Qwen2Config, Qwen2Model)
+    config = config_cls(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    reference = model_cls(config).eval()
+    model = apply_lora(copy.deepcopy(reference), LoraArguments(lora_r=2))
+    assert sorted(model.peft_config["default"].target_modules) == ["q_proj", "v_proj"]
+    randomise_lora_b(model)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+    got = AdaptersOff(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+    assert torch.equal(got, expected)
+    assert freeze_layers(model, "upper") == [3, 4] and freeze_layers(model, "0") == [0]
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "base_model.model.embed_tokens.weight" in frozen
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.0." in n or ".layers.1." in n for n in trainable)
