@@ -12,14 +12,14 @@ The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--en
 English is the side the anchor term keeps near the original model. Several target languages in one
 run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags.
 """
-import copy
 import json
 import logging
 import os
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser, set_seed
 
-from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments
+from hf_xladjust.alignment.lora import save_merged
+from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.multilingual import AdjustDataArguments, build_multilingual_pairs, links_trained_by_language
 from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
@@ -27,6 +27,8 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
     write_aligned_pairs,
 )
+from hf_xladjust.alignment.realign import RealignmentArguments, prepare_model
+from hf_xladjust.alignment.sentence import build_alignment_loss, check_sentence_options
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
@@ -47,13 +49,14 @@ def build_parser() -> HfArgumentParser:
     """The script's arguments; the grid's dry run checks each step's flags against it."""
     from hf_xladjust.cli import script_parser
 
-    return script_parser((ModelArguments, AdjustDataArguments, AlignmentLossArguments, AdjustTrainingArguments),
-                         __doc__)
+    return script_parser((ModelArguments, AdjustDataArguments, AlignmentLossArguments, AdjustTrainingArguments,
+                          RealignmentArguments), __doc__)
 
 
 def main():
     parser = build_parser()
-    model_args, data_args, loss_args, training_args = parse_arguments(parser)
+    model_args, data_args, loss_args, training_args, realign_args = parse_arguments(parser)
+    check_sentence_options(loss_args, realign_args)
     # run_args.json is the last file this script writes.
     check_output_dir(training_args.output_dir, "run_args.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
@@ -81,7 +84,9 @@ def main():
                                         **model_args.hub_kwargs())
     ensure_pad_token(tokenizer, config)
     model = AutoModel.from_pretrained(model_args.model_name_or_path, config=config, **model_args.hub_kwargs())
-    original = copy.deepcopy(model)  # f0: frozen, never saved
+    # f0: a frozen copy, or with --lora_r the same weights with the adapters off; never saved. --freeze_layers.
+    need_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
+    model, original = prepare_model(model, realign_args, need_f0, loss_args.align_layer)
 
     max_length = min(data_args.align_max_length or tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
@@ -99,7 +104,7 @@ def main():
         train_dataset=train_dataset,
         data_collator=AlignedPairCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        alignment_loss=AlignmentLoss.from_args(loss_args, anchor_model=original),
+        alignment_loss=build_alignment_loss(loss_args, realign_args, anchor_model=original),
     )
 
     if trainer.is_world_process_zero():
@@ -108,16 +113,21 @@ def main():
         write_json(os.path.join(training_args.output_dir, "alignment_stats.json"), stats)
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()  # the adjusted encoder + tokenizer, loadable with AutoModel / AutoModelFor...
+    trainer.save_model()  # the adjusted encoder (with --lora_r: its adapter) + tokenizer
     metrics = train_result.metrics
     metrics["train_samples"] = len(train_dataset)
+    metrics["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics["batches_without_links"] = count_over_processes(trainer, trainer.batches_without_links)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        write_run_args(training_args.output_dir, model=model_args, alignment=data_args,
-                       loss=loss_args, training=training_args, threads=threads)
+        out_dirs = [training_args.output_dir]
+        if realign_args.merge_lora:  # W + (α/r)·B·A in <output_dir>/merged, for AutoModel without PEFT
+            out_dirs.append(save_merged(trainer.model, training_args.output_dir, tokenizer))
+        for out_dir in out_dirs:  # merged/ traces back to its f0 as well
+            write_run_args(out_dir, model=model_args, alignment=data_args,
+                           loss=loss_args, training=training_args, realign=realign_args, threads=threads)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,9 @@ def _pad_to(x: torch.Tensor, length: int, value: int = 0) -> torch.Tensor:
     return F.pad(x, (0, length - x.shape[1]), value=value)
 
 
-def pair_word_vectors(encoder, batch: Dict, layer: int = -1, pooling: str = "mean"):
-    """fp32 word vectors of both sides from ONE encoder call on the stacked batch.
+def pair_hidden_states(encoder, batch: Dict, layer: int = -1):
+    """fp32 hidden states of both sides, (src, tgt), from ONE encoder call on the stacked batch, both
+    right-padded to the longer side's length.
 
     One call instead of two is faster, and under DDP it keeps a single forward per backward."""
     length = max(batch["src_input_ids"].shape[1], batch["tgt_input_ids"].shape[1])
@@ -143,10 +144,17 @@ def pair_word_vectors(encoder, batch: Dict, layer: int = -1, pooling: str = "mea
     mask = torch.cat([_pad_to(batch["src_attention_mask"], length), _pad_to(batch["tgt_attention_mask"], length)])
     hidden = hidden_layer(encoder, input_ids, mask, layer).float()
     n = batch["src_input_ids"].shape[0]
+    return hidden[:n], hidden[n:]
+
+
+def pair_word_vectors(encoder, batch: Dict, layer: int = -1, pooling: str = "mean"):
+    """fp32 word vectors of both sides from ONE encoder call on the stacked batch (`pair_hidden_states`)."""
+    src_hidden, tgt_hidden = pair_hidden_states(encoder, batch, layer)
+    length = src_hidden.shape[1]
     src_slots = _pad_to(batch["src_token_slot"], length, value=-1)
     tgt_slots = _pad_to(batch["tgt_token_slot"], length, value=-1)
-    return (pool_words(hidden[:n], src_slots, batch["src_num_slots"], pooling),
-            pool_words(hidden[n:], tgt_slots, batch["tgt_num_slots"], pooling))
+    return (pool_words(src_hidden, src_slots, batch["src_num_slots"], pooling),
+            pool_words(tgt_hidden, tgt_slots, batch["tgt_num_slots"], pooling))
 
 
 def grouped_mse(a: torch.Tensor, b: torch.Tensor, group: Optional[torch.Tensor] = None,

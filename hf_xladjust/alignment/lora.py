@@ -1,0 +1,137 @@
+"""LoRA adapters for realignment, through PEFT (issue 19.1).
+
+Only the low-rank adapters train; f0 for the anchor term is the same model with its adapters switched off
+(`AdaptersOff`), so no second copy of the weights is held. The output folder holds the adapter (PEFT's
+`adapter_config.json` + `adapter_model.safetensors`); `--merge_lora` also writes W + (α/r)·B·A as a plain
+checkpoint in `<output_dir>/merged`. It cannot sit beside the adapter: transformers, with PEFT installed,
+loads a folder that has `adapter_config.json` as base + adapter, which would apply the update twice.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from hf_xladjust.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+MERGED_SUBDIR = "merged"
+
+
+@dataclass
+class LoraArguments:
+    """LoRA through PEFT; off unless --lora_r is positive."""
+
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank; 0 (the default) trains every weight, as the paper. mid-align: 8."}
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA α: the update is (α/r)·B·A (mid-align's config/lora_config.json: 16)."}
+    )
+    lora_dropout: float = field(
+        default=0.1, metadata={"help": "Dropout on the LoRA branch's input (mid-align: 0.1)."}
+    )
+    lora_target_modules: Optional[str] = field(
+        default=None,
+        metadata={"help": "Comma-separated module names to adapt, or all-linear. Default: PEFT's per-architecture "
+                          "list (BERT/XLM-R: query,value; Llama/Qwen2: q_proj,v_proj). mid-align adapts "
+                          "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj."},
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "Also save the merged weights W + (α/r)·B·A in <output_dir>/merged, loadable with "
+                          "AutoModel / AutoModelFor... without PEFT."},
+    )
+
+    def __post_init__(self):
+        if self.lora_r < 0:
+            raise InputError(f"--lora_r must be 0 (off) or positive, got {self.lora_r}")
+        if self.lora_r and not self.lora_alpha > 0:
+            raise InputError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise InputError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.merge_lora and not self.lora_r:
+            raise InputError("--merge_lora needs LoRA (--lora_r > 0)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_r > 0
+
+
+def target_modules(args: LoraArguments, config) -> List[str]:
+    """--lora_target_modules, or PEFT's default list for the model type (one-line error when it has none)."""
+    if args.lora_target_modules:
+        names = [n.strip() for n in args.lora_target_modules.split(",") if n.strip()]
+        return names[0] if names == ["all-linear"] else names
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in DEFAULTS:
+        raise InputError(f"no default LoRA target modules for model type {model_type!r}: pass "
+                         f"--lora_target_modules (e.g. all-linear)")
+    return list(DEFAULTS[model_type])
+
+
+def apply_lora(model, args: LoraArguments):
+    """Wrap `model` in a PEFT LoRA model (in place: the base layers are the same tensors, frozen)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise InputError("--lora_r needs PEFT: pip install 'hf-xladjust[lora]'") from None
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=target_modules(args, model.config), bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as err:  # "Target modules {...} not found in the base model"
+        raise InputError(f"--lora_target_modules: {str(err).splitlines()[0]}") from None
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d α=%g on %s: %d of %d parameters train", args.lora_r, args.lora_alpha,
+                sorted(peft_model.peft_config["default"].target_modules), trainable, total)
+    return peft_model
+
+
+class AdaptersOff:
+    """f0 as the trained PEFT model with its adapters disabled (`disable_adapter()`), in eval mode and without
+    gradients for the call only: the base weights are shared, not copied.
+
+    It stands in for a frozen model where `AlignmentLoss` expects one: `eval()`, `requires_grad_()` and `to()`
+    leave the shared model alone (it is the one being trained), since the mode is set per call."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def __call__(self, *args, **kwargs):
+        model = self.peft_model
+        was_training = model.training
+        model.eval()  # no dropout in f0
+        try:
+            with model.disable_adapter(), torch.no_grad():
+                return model(*args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    def parameters(self):
+        return self.peft_model.parameters()
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def save_merged(peft_model, output_dir: str, tokenizer=None) -> str:
+    """Merge the adapters into the base weights (in place: call it after the adapter is saved) and save
+    the plain model (+ tokenizer) in `<output_dir>/merged`; returns that folder."""
+    path = os.path.join(output_dir, MERGED_SUBDIR)
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    logger.info("Merged LoRA weights saved in %s", path)
+    return path
