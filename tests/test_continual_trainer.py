@@ -43,7 +43,7 @@ def tok(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def side(tok):
-    return AlignedPairDataset(side_pairs(), tok)
+    return AlignedPairDataset(side_pairs(), tok, link_special_tokens=False)  # independent_pull_mse: word links
 
 
 @pytest.fixture(scope="module")

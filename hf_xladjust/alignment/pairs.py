@@ -154,11 +154,14 @@ def alignable_indices(corpus, max_words: Optional[int]) -> List[int]:
             if not max_words or (len(s) <= max_words and len(t) <= max_words)]
 
 
-def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_file=None, train_file=None,
-                        seed: int = 42, cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
+def build_aligned_pairs(args: Optional[AlignmentDataArguments] = None, source_file=None, target_file=None,
+                        train_file=None, seed: int = 42,
+                        cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
     """Read a parallel corpus, drop pairs over `max_words` words from the whole corpus, sample
     `max_sentences` of the rest, word-align them (or read --alignment_file) and filter the links: the
-    order of the paper's code. The returned pairs have English as `src` (see `english_side`)."""
+    order of the paper's code. The returned pairs have English as `src` (see `english_side`).
+    `args` None: `AlignmentDataArguments()`, the scripts' defaults."""
+    args = args if args is not None else AlignmentDataArguments()
     from hf_xladjust.alignment.aligners import align_corpus
     from hf_xladjust.alignment.parallel import read_parallel, sample_corpus
 
@@ -260,7 +263,7 @@ class AlignedPairDataset(torch.utils.data.Dataset):
     Words the tokenizer truncates away drop out of the links and the anchor; nothing indexes past them."""
 
     def __init__(self, pairs: Sequence[AlignedPair], tokenizer, max_length: Optional[int] = None,
-                 link_special_tokens: bool = False):
+                 link_special_tokens: bool = AlignmentDataArguments.link_special_tokens):  # the scripts' (True)
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("aligned pairs need a fast tokenizer (word_ids() maps subwords back to words)")
         max_length = max_length or tokenizer.model_max_length
