@@ -48,8 +48,8 @@ class MyAlignedTrainer(MyTrainer, ContinualAlignTrainer):  # +
 pairs, stats = build_aligned_pairs(train_file=args.parallel_file)  # + word-aligned (eflomal), the paper's filters
 training_args = TrainingArguments(args.output_dir, num_train_epochs=2, max_steps=args.max_steps,
                                   per_device_train_batch_size=8, logging_steps=1, report_to=[])
-trainer = MyAlignedTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
-                           align_dataset=pairs)  # +
+trainer = MyAlignedTrainer(model=model, args=training_args, train_dataset=train,  # + (was MyTrainer)
+                           processing_class=tokenizer, align_dataset=pairs)  # +
 trainer.train()
 trainer.save_model()
 trainer.save_state()
