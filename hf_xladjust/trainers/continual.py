@@ -234,11 +234,11 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
             raise ValueError("align_dataset is empty")
         if align_batch_size < 1:
             raise ValueError("align_batch_size must be positive")
-        if align_dataset is not None and not isinstance(align_dataset, AlignedPairDataset):
+        if align_dataset is not None and isinstance(align_dataset[0], AlignedPair):
             align_dataset = self._tokenize_pairs(align_dataset)
         if align_dataset is not None and alignment_loss is None:
             alignment_loss = AlignmentLoss(self._default_anchor_model())
-        if alignment_loss is not None and not alignment_loss.align_weight_given:
+        if alignment_loss is not None and not getattr(alignment_loss, "align_weight_given", True):
             alignment_loss = copy.copy(alignment_loss)  # the user's object keeps its own (stage-1) weight
             alignment_loss.align_weight = ContinualAlignArguments.align_weight
             alignment_loss.align_weight_given = True
