@@ -48,18 +48,22 @@ def digest(tensors):
     return h.hexdigest()
 
 
-def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3):
+def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3, user_subclass=False):
     """Train `steps` optimisation steps on two ranks. At step 0 each rank also accumulates, on a plain
     (un-wrapped) copy of the start model, the gradient of exactly what it feeds DDP (its task
-    micro-batches and its side batch); the DDP gradient must be the mean of those over the ranks."""
+    micro-batches and its side batch); the DDP gradient must be the mean of those over the ranks.
+    `user_subclass`: instead, a user's Trainer with its own compute_loss (the model's cross-entropy, no
+    super()) mixed in before ContinualAlignTrainer; its final parameters are saved for comparison."""
     import copy
 
     import torch.distributed as dist
+    import torch.nn.functional as F
     from transformers import (
         AutoModel,
         AutoTokenizer,
         BertForSequenceClassification,
         DataCollatorWithPadding,
+        Trainer,
         TrainerCallback,
         TrainingArguments,
     )
@@ -99,11 +103,26 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
                 self._metrics.update(metrics)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    class UserLoss(Trainer):
+        loss_is_scaled_for_ga = False  # a per-batch mean, as the Trainer's docstring asks to declare
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = F.cross_entropy(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+
+    class UserRecorder(UserLoss, ContinualAlignTrainer):
+        def _side_indices(self, step):
+            idx = super()._side_indices(step)
+            record["indices"][str(step)] = idx
+            return idx
+
     class GradCheck(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
             grads = [p.grad for p in model.parameters()]
             record["grads"].append(digest(grads))
-            if state.global_step == 0:
+            if state.global_step == 0 and not user_subclass:
                 local = torch.cat([p.grad.flatten() for p in shadow.parameters()])
                 mean = local.clone()
                 dist.all_reduce(mean)
@@ -117,7 +136,7 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
                              max_steps=steps, learning_rate=1e-3, max_grad_norm=0.0, logging_steps=1,
                              save_strategy="no", report_to=[], seed=7, use_cpu=True, disable_tqdm=True,
                              ddp_find_unused_parameters=find_unused)
-    trainer = Recorder(
+    trainer = (UserRecorder if user_subclass else Recorder)(
         model=model, args=args, train_dataset=task_dataset(tok, n=64), data_collator=DataCollatorWithPadding(tok),
         processing_class=tok, callbacks=[GradCheck()],
         align_dataset=AlignedPairDataset(side_pairs(), tok), align_batch_size=4,
@@ -125,7 +144,10 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
     )
     trainer.train()
     params = [p.detach() for p in trainer.model.parameters()]
+    torch.save(torch.cat([p.flatten() for p in params]),
+               os.path.join(out_dir, f"params_{'user' if user_subclass else find_unused}_rank{args.process_index}.pt"))
     record.update(rank=trainer.args.process_index, world_size=trainer.args.world_size, params=digest(params),
+                  user_subclass=user_subclass,
                   log_history=trainer.state.log_history,
                   model_accepts_loss_kwargs=trainer.model_accepts_loss_kwargs)
     return record
@@ -134,6 +156,7 @@ def run(model_dir, out_dir, find_unused, align_weight=1.0, grad_accum=2, steps=3
 def main(model_dir, out_dir):
     torch.set_num_threads(1)
     records = [run(model_dir, out_dir, find_unused) for find_unused in (False, True)]
+    records.append(run(model_dir, out_dir, False, user_subclass=True))
     with open(os.path.join(out_dir, f"rank{records[0]['rank']}.json"), "w") as f:
         json.dump(records, f)
 

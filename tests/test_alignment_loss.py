@@ -48,7 +48,7 @@ def test_slots_follow_word_ids_and_truncation_drops_cut_words(tiny):
     assert n_tokens_full > len(words) + 2, "fixture must split some word into several subwords"
     max_length = n_tokens_full - 2  # cut inside the last word(s)
     pair = AlignedPair(words, words, [(k, k) for k in range(len(words))])
-    ds = AlignedPairDataset([pair], tok, max_length=max_length)
+    ds = AlignedPairDataset([pair], tok, max_length=max_length, link_special_tokens=False)  # word links only
     feat = ds[0]
     enc_cut = tok(words, is_split_into_words=True, truncation=True, max_length=max_length)
     word_ids = enc_cut.word_ids()
@@ -73,7 +73,8 @@ def test_loss_matches_independent_computation(tiny):
     tok, model = tiny
     en, es = [ln.split() for ln in fixture_lines("en")], [ln.split() for ln in fixture_lines("es")]
     pairs = [AlignedPair(s, t, [(0, 0), (1, 1), (len(s) - 1, len(t) - 1)]) for s, t in zip(en, es)]
-    batch = AlignedPairCollator(tok.pad_token_id)([f for f in AlignedPairDataset(pairs, tok)])
+    batch = AlignedPairCollator(tok.pad_token_id)([f for f in AlignedPairDataset(pairs, tok,
+                                                                             link_special_tokens=False)])
     out = AlignmentLoss(copy.deepcopy(model))(model, batch)  # f0 = a copy: the constructor freezes it
     assert out["align_loss"].item() == pytest.approx(independent_pull_mse(model, tok, pairs), rel=1e-5)
     assert out["anchor_loss"].item() == pytest.approx(0.0, abs=1e-10)

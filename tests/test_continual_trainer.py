@@ -43,7 +43,7 @@ def tok(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def side(tok):
-    return AlignedPairDataset(side_pairs(), tok)
+    return AlignedPairDataset(side_pairs(), tok, link_special_tokens=False)  # independent_pull_mse: word links
 
 
 @pytest.fixture(scope="module")
@@ -251,15 +251,21 @@ def test_two_ranks_sync_side_gradients(tiny_model_dir, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    for run0, run1 in zip(*ranks):  # find_unused_parameters False, then True
+    for run0, run1 in zip(*ranks):  # find_unused_parameters False, then True, then a user's subclass
         assert run0["world_size"] == run1["world_size"] == 2
         assert run0["indices"].keys() == run1["indices"].keys() == {"0", "1", "2"}
         assert all(run0["indices"][s] != run1["indices"][s] for s in run0["indices"])
-        assert run0["local_minus_mean_max_abs"] > 1e-3  # the ranks' own gradients differ ...
-        assert run0["ref_max_abs_diff"] < 1e-6 and run1["ref_max_abs_diff"] < 1e-6  # ... DDP applies their mean
+        if not run0["user_subclass"]:
+            assert run0["local_minus_mean_max_abs"] > 1e-3  # the ranks' own gradients differ ...
+            assert run0["ref_max_abs_diff"] < 1e-6 and run1["ref_max_abs_diff"] < 1e-6  # ... DDP applies their mean
         assert run0["grads"] == run1["grads"] and run0["params"] == run1["params"]
         logged = [h for h in run0["log_history"] if "loss" in h]
         assert len(logged) == 3 and all("align_loss" in h and "anchor_loss" in h for h in logged)
+    # (MyTrainer, ContinualAlignTrainer), MyTrainer.compute_loss the model's loss without super(): the same updates
+    assert [r["user_subclass"] for r in ranks[0]] == [False, False, True]
+    assert ranks[0][2]["indices"] == ranks[0][0]["indices"]
+    ours, user = torch.load(tmp_path / "params_False_rank0.pt"), torch.load(tmp_path / "params_user_rank0.pt")
+    torch.testing.assert_close(user, ours, rtol=0, atol=1e-6)
 
 
 # ---- 5. resuming ---------------------------------------------------------------------------------------------------

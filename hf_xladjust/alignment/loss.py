@@ -81,6 +81,16 @@ class AlignmentLossArguments:
                              "candidates from the whole batch (drop --sub_batch_size)")
 
 
+# Every default of `AlignmentLoss` is the scripts' (one source: the argument dataclass).
+_DEFAULTS = AlignmentLossArguments()
+STAGE1_ALIGN_WEIGHT = 1.0  # Eq. 1 has no weight on the pull term (run_adjust.py)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 for the distances; fp32 and fp64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def pool_words(hidden: torch.Tensor, token_slot: torch.Tensor, num_slots: int, pooling: str = "mean") -> torch.Tensor:
     """Word vectors (num_slots, H) from token vectors (B, L, H); `token_slot` (B, L) maps each token to a
     batch-global word slot, -1 for tokens to ignore (padding). A slot no token maps to is a zero vector
@@ -127,7 +137,7 @@ def hidden_layer(encoder: nn.Module, input_ids, attention_mask, layer: int) -> t
 def word_vectors(encoder, batch: Dict, side: str, layer: int = -1, pooling: str = "mean") -> torch.Tensor:
     """fp32 word vectors of one side ("src" or "tgt") of a collated aligned-pair batch."""
     hidden = hidden_layer(encoder, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], layer)
-    return pool_words(hidden.float(), batch[f"{side}_token_slot"], batch[f"{side}_num_slots"], pooling)
+    return pool_words(_at_least_fp32(hidden), batch[f"{side}_token_slot"], batch[f"{side}_num_slots"], pooling)
 
 
 def _pad_to(x: torch.Tensor, length: int, value: int = 0) -> torch.Tensor:
@@ -142,7 +152,7 @@ def pair_hidden_states(encoder, batch: Dict, layer: int = -1):
     length = max(batch["src_input_ids"].shape[1], batch["tgt_input_ids"].shape[1])
     input_ids = torch.cat([_pad_to(batch["src_input_ids"], length), _pad_to(batch["tgt_input_ids"], length)])
     mask = torch.cat([_pad_to(batch["src_attention_mask"], length), _pad_to(batch["tgt_attention_mask"], length)])
-    hidden = hidden_layer(encoder, input_ids, mask, layer).float()
+    hidden = _at_least_fp32(hidden_layer(encoder, input_ids, mask, layer))
     n = batch["src_input_ids"].shape[0]
     return hidden[:n], hidden[n:]
 
@@ -197,14 +207,24 @@ class AlignmentLoss(nn.Module):
     positives they are trivially matched. They stay in the anchor term, as with l2. Under several
     processes the candidates are each process's own batch (nothing is gathered across ranks).
 
+    Defaults are those of `AlignmentLossArguments` (the scripts'). `align_weight` left as None weighs the
+    pull term as where the loss is used: 1 in stage 1 (`AdjustTrainer`, Eq. 1) and α = 0.01 in
+    `ContinualAlignTrainer` (Eq. 2); the anchor term keeps `anchor_weight` (1) in both, as the paper's code.
+
     `anchor_model` is f0: kept frozen and in eval mode, never registered as a submodule (so it is
     not saved, not optimised, not wrapped by DDP). Call it under the caller's autocast; the
     distances are taken in fp32."""
 
-    def __init__(self, anchor_model: Optional[nn.Module] = None, pooling: str = "mean", align_layer: int = -1,
-                 pull_target: str = "current", anchor_weight: float = 1.0, align_weight: float = 1.0,
-                 sub_batch_size: Optional[int] = None, align_objective: str = "l2", align_temperature: float = 0.1):
+    def __init__(self, anchor_model: Optional[nn.Module] = None, pooling: str = _DEFAULTS.pooling,
+                 align_layer: int = _DEFAULTS.align_layer, pull_target: str = _DEFAULTS.pull_target,
+                 anchor_weight: float = _DEFAULTS.anchor_weight, align_weight: Optional[float] = None,
+                 sub_batch_size: Optional[int] = _DEFAULTS.sub_batch_size,
+                 align_objective: str = _DEFAULTS.align_objective,
+                 align_temperature: float = _DEFAULTS.align_temperature):
         super().__init__()
+        # None: the weight where the loss is used, 1 in stage 1 (Eq. 1) and α in ContinualAlignTrainer (Eq. 2).
+        self.align_weight_given = align_weight is not None
+        align_weight = STAGE1_ALIGN_WEIGHT if align_weight is None else align_weight
         AlignmentLossArguments(pooling=pooling, pull_target=pull_target, sub_batch_size=sub_batch_size,
                                align_objective=align_objective, align_temperature=align_temperature)  # validates
         self.sub_batch_size = sub_batch_size
@@ -218,7 +238,7 @@ class AlignmentLoss(nn.Module):
             anchor_model.eval().requires_grad_(False)
 
     @classmethod
-    def from_args(cls, args: AlignmentLossArguments, anchor_model=None, align_weight: float = 1.0):
+    def from_args(cls, args: AlignmentLossArguments, anchor_model=None, align_weight: float = STAGE1_ALIGN_WEIGHT):
         return cls(anchor_model, args.pooling, args.align_layer, args.pull_target, args.anchor_weight, align_weight,
                    sub_batch_size=getattr(args, "sub_batch_size", None),
                    align_objective=getattr(args, "align_objective", "l2"),

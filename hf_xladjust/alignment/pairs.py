@@ -155,11 +155,14 @@ def alignable_indices(corpus, max_words: Optional[int]) -> List[int]:
             if not max_words or (len(s) <= max_words and len(t) <= max_words)]
 
 
-def build_aligned_pairs(args: AlignmentDataArguments, source_file=None, target_file=None, train_file=None,
-                        seed: int = 42, cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
+def build_aligned_pairs(args: Optional[AlignmentDataArguments] = None, source_file=None, target_file=None,
+                        train_file=None, seed: int = 42,
+                        cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
     """Read a parallel corpus, drop pairs over `max_words` words from the whole corpus, sample
     `max_sentences` of the rest, word-align them (or read --alignment_file) and filter the links: the
-    order of the paper's code. The returned pairs have English as `src` (see `english_side`)."""
+    order of the paper's code. The returned pairs have English as `src` (see `english_side`).
+    `args` None: `AlignmentDataArguments()`, the scripts' defaults."""
+    args = args if args is not None else AlignmentDataArguments()
     from hf_xladjust.alignment.aligners import align_corpus
     from hf_xladjust.alignment.parallel import read_parallel, sample_corpus
 
@@ -248,7 +251,7 @@ class AlignedPairDataset(torch.utils.data.Dataset):
     that adds none: then there are no special-token links)."""
 
     def __init__(self, pairs: Sequence[AlignedPair], tokenizer, max_length: Optional[int] = None,
-                 link_special_tokens: bool = False):
+                 link_special_tokens: bool = AlignmentDataArguments.link_special_tokens):  # the scripts' (True)
         require_fast(tokenizer, "aligned word pairs")
         max_length = max_length or tokenizer.model_max_length
         self.pairs = list(pairs)

@@ -1,10 +1,13 @@
 """Stage 1: `AdjustTrainer`, a Trainer whose loss is the alignment loss (Eq. 1), and its config."""
+import copy
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from transformers import TrainingArguments
 
 from hf_xladjust.alignment.loss import AlignmentLoss
+from hf_xladjust.alignment.pairs import AlignedPairCollator
 from hf_xladjust.cli import OVERWRITE_HELP
 from hf_xladjust.compat import apply_warmup_ratio, ga_corrected_loss
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
@@ -52,7 +55,8 @@ def count_over_processes(trainer, count: int) -> float:
 
 
 class AdjustTrainer(MetricsLoggingTrainer):
-    """Trains an encoder on the alignment loss. `compute_loss` returns Eq. 1 and records its two
+    """Trains an encoder on the alignment loss (by default as run_adjust.py: `AlignmentLoss` with f0 a frozen
+    copy of `model`, batches by `AlignedPairCollator`). `compute_loss` returns Eq. 1 and records its two
     terms, which `log()` averages over the logging window and reports next to `loss`, with
     `batches_without_links`: how many training batches so far (summed over processes) had every link
     truncated away, so that their pull term was 0."""
@@ -62,10 +66,17 @@ class AdjustTrainer(MetricsLoggingTrainer):
     # not divide, and compute_loss rescales the gradient itself, see hf_xladjust.compat).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, alignment_loss: AlignmentLoss, **kwargs):
+    def __init__(self, *args, alignment_loss: Optional[AlignmentLoss] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
+        # Defaults as run_adjust.py: f0 is a frozen copy of the model as it starts, batches are padded aligned pairs.
+        if alignment_loss is None:
+            alignment_loss = AlignmentLoss(copy.deepcopy(self.model))
         self.alignment_loss = alignment_loss
+        if kwargs.get("data_collator") is None and len(args) < 3:
+            pad_id = getattr(self.processing_class, "pad_token_id", None)
+            pad_id = pad_id if pad_id is not None else getattr(self.model.config, "pad_token_id", None)
+            self.data_collator = AlignedPairCollator(pad_id or 0)
         self.batches_without_links = 0
         if self.args.remove_unused_columns:
             raise ValueError("AdjustTrainer needs remove_unused_columns=False (its batches are not model inputs)")

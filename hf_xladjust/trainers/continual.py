@@ -30,19 +30,28 @@ gradients and that the parameters stay identical.
 
 Side batches. The indices of step `s` on rank `r` come from `numpy.random.default_rng([seed, r, s])`:
 every rank draws its own batches, and a resumed run continues the same stream with nothing saved.
+
+Any Trainer. The side loss is added in `training_step`, to the loss of whatever `compute_loss` the class
+resolves to, so a user's subclass mixed in on either side (`class X(MyTrainer, ContinualAlignTrainer)`,
+or the other order), a `compute_loss` override with or without `super()`, and `compute_loss_func=` all
+align; when `ContinualAlignTrainer.compute_loss` runs it adds the side loss itself (once per step either
+way). A callback checks before every optimizer step that the step's side loss was added, and stops with
+`ContinualAlignmentError` if not (a `training_step` override that skips ours): never a silent drop.
 """
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from transformers import AutoConfig, Trainer, TrainingArguments
+from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments
 
 from hf_xladjust.alignment.anchor import load_anchor_model, resolve_anchor, resolve_anchor_path  # noqa: F401 (re-exported)
 from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, encoder_of
 from hf_xladjust.alignment.pairs import (
+    AlignedPair,
     AlignedPairCollator,
     AlignedPairDataset,
     AlignmentDataArguments,
@@ -175,6 +184,21 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
     return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size}
 
 
+class ContinualAlignmentError(RuntimeError):
+    """An optimisation step ended without the side loss while continual alignment is on."""
+
+
+class _SideLossGuard(TrainerCallback):
+    """Before each optimizer step: stop if the step's side loss was never added (a `training_step`
+    override that bypasses `ContinualAlignTrainer.training_step`), rather than train and log as if aligned."""
+
+    def __init__(self, trainer: "ContinualAlignTrainer"):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._check_side_added()
+
+
 class ContinualAlignTrainer(MetricsLoggingTrainer):
     """A `Trainer` whose training loss adds, once per optimisation step, the alignment loss of a side
     batch of aligned pairs (Eq. 2). `align_loss` and `anchor_loss` (unweighted, averaged over the
@@ -183,21 +207,41 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
     Evaluation and prediction use the plain task loss. Without `align_dataset`, or with both weights 0,
     no side batch is computed and it is the plain `Trainer` (except for the task-loss scaling fix
     under gradient accumulation or several processes, see the module docstring). The side data never
-    goes through the main dataloader, so `remove_unused_columns` only ever sees the task columns."""
+    goes through the main dataloader, so `remove_unused_columns` only ever sees the task columns.
+
+    Defaults are the scripts': `align_dataset` may be the aligned pairs themselves (`build_aligned_pairs`),
+    tokenised here with `processing_class`, CLS/SEP links included, up to the model's length; without
+    `alignment_loss`, f0 is loaded from `resolve_anchor_path(model.name_or_path)` (the original model,
+    also when `model` is a run_adjust.py output) and the loss is `AlignmentLoss(f0, align_weight=0.01)`
+    with anchor weight 1; an `AlignmentLoss` given without `align_weight` gets α = 0.01 too;
+    `align_batch_size` is 16.
+
+    With your own Trainer subclass: `class MyAligned(MyTrainer, ContinualAlignTrainer)` or
+    `(ContinualAlignTrainer, MyTrainer)`; `MyTrainer.compute_loss` may or may not call `super()`, and
+    `compute_loss_func=` works too. The side loss is added to whatever loss the class computes, in
+    `training_step`; if an optimisation step still ends without it (a `training_step` override that
+    skips this one), training stops with `ContinualAlignmentError`."""
 
     # Check once whether the task loss honours `num_items_in_batch` before trusting the Trainer's
     # signature-based guess (see the module docstring). Set False to keep the Trainer's guess.
     check_task_loss_scaling = True
 
-    def __init__(self, *args, align_dataset: Optional[AlignedPairDataset] = None,
-                 alignment_loss: Optional[AlignmentLoss] = None, align_batch_size: int = 16, **kwargs):
+    def __init__(self, *args, align_dataset: Optional[Union[AlignedPairDataset, Sequence[AlignedPair]]] = None,
+                 alignment_loss: Optional[AlignmentLoss] = None,
+                 align_batch_size: int = ContinualAlignArguments.align_batch_size, **kwargs):
         super().__init__(*args, **kwargs)
-        if align_dataset is not None and alignment_loss is None:
-            raise ValueError("align_dataset needs an alignment_loss (AlignmentLoss with the f0 anchor model)")
         if align_dataset is not None and len(align_dataset) == 0:
             raise ValueError("align_dataset is empty")
         if align_batch_size < 1:
             raise ValueError("align_batch_size must be positive")
+        if align_dataset is not None and isinstance(align_dataset[0], AlignedPair):
+            align_dataset = self._tokenize_pairs(align_dataset)
+        if align_dataset is not None and alignment_loss is None:
+            alignment_loss = AlignmentLoss(self._default_anchor_model())
+        if alignment_loss is not None and not getattr(alignment_loss, "align_weight_given", True):
+            alignment_loss = copy.copy(alignment_loss)  # the user's object keeps its own (stage-1) weight
+            alignment_loss.align_weight = ContinualAlignArguments.align_weight
+            alignment_loss.align_weight_given = True
         self.align_dataset, self.alignment_loss = align_dataset, alignment_loss
         self.align_batch_size = align_batch_size
         self.align_enabled = (align_dataset is not None and alignment_loss is not None
@@ -213,6 +257,27 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         self.batches_without_links = 0  # side batches whose links were all truncated away (pull term 0)
         self._side_done = (None, None)  # (TrainerState, global_step) whose side batch has been added
         self._task_scaling_checked = not self.check_task_loss_scaling
+        if self.align_enabled:
+            self.add_callback(_SideLossGuard(self))
+
+    # ---- defaults (the scripts') ----
+    def _tokenize_pairs(self, pairs: Sequence[AlignedPair]) -> AlignedPairDataset:
+        """Aligned pairs -> `AlignedPairDataset` as the scripts build it: CLS/SEP links, and the tokenizer's
+        limit capped by the model's positions."""
+        tokenizer = self.processing_class
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("align_dataset given as aligned pairs needs processing_class= a fast tokenizer")
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        return AlignedPairDataset(pairs, tokenizer, min(tokenizer.model_max_length, positions or int(1e9)))
+
+    def _default_anchor_model(self):
+        """f0 as the scripts load it: the original model of `model.name_or_path` (`resolve_anchor`)."""
+        name = getattr(self.model, "name_or_path", None)
+        if not name:
+            raise ValueError("the model has no name_or_path to load f0 from: pass alignment_loss=AlignmentLoss(f0)")
+        path, revision = resolve_anchor(name)
+        logger.info("Anchor model f0: %s", path)
+        return load_anchor_model(path, **({"revision": revision} if revision else {}))
 
     # ---- side batches ----
     def _side_indices(self, step: int) -> List[int]:
@@ -231,6 +296,30 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         with self.accelerator.autocast():
             return self.alignment_loss(encoder_of(model), batch)
 
+    def _side_added(self) -> bool:
+        """Whether this optimisation step's side loss has been added. (The state object is part of the key:
+        a second train() starts a new one, from global_step 0.)"""
+        done_state, done_step = self._side_done
+        return done_state is self.state and done_step == self.state.global_step
+
+    def _add_side_loss(self, model, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """`loss` plus this step's side loss, scaled so that it counts once per optimisation step, whatever
+        the Trainer then divides `loss` by (see the module docstring)."""
+        self._side_done = (self.state, self.state.global_step)
+        side = self._side_loss(model)
+        scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else accumulation_steps(self)
+        for key in ("align_loss", "anchor_loss"):
+            self.record_metric(key, side[key])
+        if side["num_links"] == 0:
+            self.batches_without_links += 1
+        return loss.float() + side["loss"] * scale
+
+    def _check_side_added(self) -> None:
+        if self.align_enabled and not self._side_added():
+            raise ContinualAlignmentError(
+                f"continual alignment: optimisation step {self.state.global_step} ended without the side loss; "
+                f"{type(self).__name__}.training_step must call super().training_step (ContinualAlignTrainer's)")
+
     # ---- gradient-accumulation bookkeeping ----
     def _loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
         """What the installed `Trainer.training_step` decides: True when it does not divide the loss it gets
@@ -238,13 +327,20 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         4.46-4.47, always; see hf_xladjust.compat)."""
         return not trainer_divides_by_ga(self, num_items_in_batch)
 
+    def _task_loss_is_trainers(self) -> bool:
+        """Whether `super().compute_loss` here is `Trainer.compute_loss` (not a user override after us in the MRO)."""
+        mro = type(self).__mro__
+        after = mro[mro.index(ContinualAlignTrainer) + 1:]
+        return next(c for c in after if "compute_loss" in vars(c)) is Trainer
+
     def _check_task_loss_scaling(self, model, inputs, num_items_in_batch):
         """If the Trainer would pass `num_items_in_batch` and skip its own division, make sure the task
         loss really is normalised by it: evaluate it (no grad, eval mode) with n and 2n items."""
         self._task_scaling_checked = True
         if (num_items_in_batch is None or not self.model_accepts_loss_kwargs
                 or getattr(self, "compute_loss_func", None) is not None
-                or getattr(self, "loss_is_scaled_for_ga", None) is not None):
+                or getattr(self, "loss_is_scaled_for_ga", None) is not None
+                or not self._task_loss_is_trainers()):
             return
         if self.args.gradient_accumulation_steps == 1 and self.args.world_size == 1:
             return  # nothing is scaled: the Trainer divides by 1 either way
@@ -279,22 +375,32 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         task_loss, outputs = out if return_outputs else (out, None)
         if model.training:  # a no-op where the Trainer's own GA division is right (see hf_xladjust.compat)
             task_loss = ga_corrected_loss(self, task_loss, num_items_in_batch)
-        # The first micro-step of each optimisation step adds the side batch's loss, once. (The state
-        # object is part of the key: a second train() starts a new one, from global_step 0.)
-        done_state, done_step = self._side_done
-        if not (self.align_enabled and model.training
-                and not (done_state is self.state and done_step == self.state.global_step)):
-            return (task_loss, outputs) if return_outputs else task_loss
-        self._side_done = (self.state, self.state.global_step)
-        side = self._side_loss(model)
-        ga = accumulation_steps(self)
-        scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else ga
-        loss = task_loss.float() + side["loss"] * scale
-        for key in ("align_loss", "anchor_loss"):
-            self.record_metric(key, side[key])
-        if side["num_links"] == 0:
-            self.batches_without_links += 1
-        return (loss, outputs) if return_outputs else loss
+        # The first micro-step of each optimisation step adds the side batch's loss, once.
+        if self.align_enabled and model.training and not self._side_added():
+            task_loss = self._add_side_loss(model, task_loss, num_items_in_batch)
+        return (task_loss, outputs) if return_outputs else task_loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None, *args, **kwargs):
+        """The Trainer's step, with the side loss added to whatever `compute_loss` the class resolves to:
+        also a user override before this class in the MRO that does not call `super().compute_loss`."""
+        if not self.align_enabled:
+            return super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
+        task_compute_loss = self.compute_loss  # bound through the MRO: the user's override, if any
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None, **loss_kwargs):
+            out = task_compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch, **loss_kwargs)
+            if not model.training or self._side_added():  # ContinualAlignTrainer.compute_loss added it
+                return out
+            if isinstance(out, tuple):
+                return (self._add_side_loss(model, out[0], num_items_in_batch), *out[1:])
+            return self._add_side_loss(model, out, num_items_in_batch)
+
+        self.compute_loss = compute_loss  # an instance attribute shadows every class's, for this step only
+        try:
+            return super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
+        finally:
+            del self.compute_loss
 
     def log(self, logs, *args, **kwargs):
         if self.align_enabled and "loss" in logs:  # training logs; every process logs (a collective)
