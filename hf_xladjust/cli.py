@@ -6,10 +6,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.files import write_json
+from hf_xladjust.files import InputPath, pattern_inputs, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,17 @@ def merged_arguments(*parsed) -> argparse.Namespace:
     """The parsed dataclasses' fields in one namespace, as the parser's own namespace holds them: what a
     script's `input_files(args)` reads, in `main()` and in the grid's dry run (which passes the namespace)."""
     return argparse.Namespace(**{name: value for obj in parsed for name, value in vars(obj).items()})
+
+
+def task_input_files(args, languages: Sequence[str]) -> List[InputPath]:
+    """The data files of an NLI or NER run (`--train_file`, `{lang}` validation and test patterns) for the
+    splits it trains or evaluates on; Hub data (`--dataset_name`) has none."""
+    inputs = [InputPath("--train_file", args.train_file)] if args.do_train and args.train_file else []
+    if args.do_eval:
+        inputs += pattern_inputs("--validation_file_pattern", args.validation_file_pattern, languages)
+    if args.do_predict:
+        inputs += pattern_inputs("--test_file_pattern", args.test_file_pattern, languages)
+    return inputs
 
 
 def _looks_local(name: str) -> bool:

@@ -113,10 +113,19 @@ def input_problem(item: InputPath, base: str = "") -> Optional[str]:
     return None
 
 
+def input_problems(inputs: Iterable[InputPath], base: str = "") -> List[Tuple[InputPath, str]]:
+    """`(input, why)` for every input that cannot be read; a file inside a missing folder that is itself an
+    input is left to the folder's problem."""
+    problems = [(item, why) for item in dict.fromkeys(inputs) if (why := input_problem(item, base))]
+    gone = [os.path.join(item.path, "") for item, _ in problems if item.kind != "file"]
+    return [(item, why) for item, why in problems
+            if item.kind != "file" or not any(item.path.startswith(folder) for folder in gone)]
+
+
 def check_input_files(inputs: Iterable[InputPath]) -> None:
     """Every input a run will read exists and opens, checked when the script starts: a typo in any path is
     one InputError line naming it (all of them, if several), before a model loads or a corpus is aligned."""
-    problems = [(item, why) for item in dict.fromkeys(inputs) if (why := input_problem(item))]
+    problems = input_problems(inputs)
     if len(problems) == 1:
         item, why = problems[0]
         raise InputError(f"{why} ({item.flag})", item.path)
