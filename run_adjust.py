@@ -20,7 +20,12 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser,
 
 from hf_xladjust.alignment.lora import save_merged
 from hf_xladjust.alignment.loss import AlignmentLossArguments
-from hf_xladjust.alignment.multilingual import AdjustDataArguments, build_multilingual_pairs, links_trained_by_language
+from hf_xladjust.alignment.multilingual import (
+    AdjustDataArguments,
+    adjust_input_files,
+    build_multilingual_pairs,
+    links_trained_by_language,
+)
 from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
     AlignedPairDataset,
@@ -32,13 +37,15 @@ from hf_xladjust.alignment.sentence import build_alignment_loss, check_sentence_
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
+    load_pretrained,
+    merged_arguments,
     parse_arguments,
     run_main,
     set_cpu_threads,
     setup_logging,
     write_run_args,
 )
-from hf_xladjust.files import write_json
+from hf_xladjust.files import check_input_files, write_json
 from hf_xladjust.tokenization import ensure_pad_token
 from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
 
@@ -53,6 +60,12 @@ def build_parser() -> HfArgumentParser:
                           RealignmentArguments), __doc__)
 
 
+def input_files(args):
+    """The files this run reads (`args`: the parsed arguments as one namespace): checked before anything
+    loads, and by the grid's dry run on each step's arguments."""
+    return adjust_input_files(args)
+
+
 def main():
     parser = build_parser()
     model_args, data_args, loss_args, training_args, realign_args = parse_arguments(parser)
@@ -60,12 +73,19 @@ def main():
     # run_args.json is the last file this script writes.
     check_output_dir(training_args.output_dir, "run_args.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
+    check_input_files(input_files(merged_arguments(data_args)))
 
     setup_logging(training_args, logger)
     threads = set_cpu_threads(training_args.device.type)
     logger.info(f"Training/evaluation parameters {training_args}")
 
     set_seed(training_args.seed)
+
+    # Tokenizer and config before the data: a bad path fails in seconds, not after the word aligner.
+    tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(),
+                                use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
+    config = load_pretrained(AutoConfig, *model_args.config_source(), **model_args.hub_kwargs())
+    ensure_pad_token(tokenizer, config)
 
     # Parallel data -> aligned word pairs. Everything is read and checked before anything is written.
     # With --parallel, each language's corpus on its own, then pooled (the Trainer's sampler shuffles the pool).
@@ -78,12 +98,8 @@ def main():
                                                data_args.train_file, seed=training_args.seed, cache_dir=cache_dir)
     logger.info("Aligned pairs: %s", json.dumps(stats))
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
-                                              use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
-    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
-                                        **model_args.hub_kwargs())
-    ensure_pad_token(tokenizer, config)
-    model = AutoModel.from_pretrained(model_args.model_name_or_path, config=config, **model_args.hub_kwargs())
+    model = load_pretrained(AutoModel, model_args.model_name_or_path, "--model_name_or_path", config=config,
+                            **model_args.hub_kwargs())
     # f0: a frozen copy, or with --lora_r the same weights with the adapters off; never saved. --freeze_layers.
     need_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
     model, original = prepare_model(model, realign_args, need_f0, loss_args.align_layer)

@@ -46,18 +46,23 @@ from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
+    load_pretrained,
+    merged_arguments,
     parse_arguments,
     run_main,
     set_cpu_threads,
     setup_logging,
+    task_input_files,
     write_run_args,
 )
 from hf_xladjust.evaluation.transforms import (
     RepresentationTransformArguments,
     load_for_heads,
     segment_masks,
+    transform_input_files,
     transform_scope,
 )
+from hf_xladjust.files import check_input_files
 from hf_xladjust.tasks.xnli import (
     LABELS,
     MIXED_LANGUAGE_SEED,
@@ -73,6 +78,8 @@ from hf_xladjust.trainers.continual import (
     ContinualAlignArguments,
     ContinualAlignTrainer,
     FineTuningArguments,
+    check_anchor_model,
+    continual_input_files,
     continual_kwargs,
 )
 
@@ -158,12 +165,21 @@ def build_parser() -> HfArgumentParser:
     )
 
 
+def input_files(args):
+    """The files this run reads (`args`: the parsed arguments as one namespace): checked before anything
+    loads, and by the grid's dry run on each step's arguments."""
+    return (task_input_files(args, ["en"] + list(args.eval_languages)) + transform_input_files(args)
+            + continual_input_files(args))
+
+
 def main():
     parser = build_parser()
     model_args, data_args, transform_args, cont_args, align_data_args, loss_args, training_args = \
         parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
+    check_input_files(input_files(merged_arguments(data_args, transform_args, cont_args, align_data_args,
+                                                   training_args)))
 
     # Setup logging
     setup_logging(training_args, logger)
@@ -175,6 +191,19 @@ def main():
 
     # Set seed before initializing model.
     set_seed(training_args.seed)
+
+    # Load the config and tokenizer before the data (a bad path fails in seconds; the model loads below).
+    # Our label ids are fixed (entailment, neutral, contradiction); a model with its own label names keeps
+    # its order and the data is mapped to it.
+    config = load_pretrained(AutoConfig, *model_args.config_source(), finetuning_task="xnli",
+                             **model_args.hub_kwargs())
+    model_label_of = model_label_ids(config, model_args.config_name or model_args.model_name_or_path)
+    our_label_of = np.argsort(model_label_of)  # model id -> our id
+    tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(),
+                                use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
+    ensure_pad_token(tokenizer, config)
+    if training_args.do_train:
+        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
 
     # Load the data: English training set; validation and test sets for English and every evaluation
     # language, and the mixed-language sets built from the target and English sets of the same split.
@@ -214,26 +243,9 @@ def main():
                         target_source, english_source, write=training_args.process_index == 0)
         eval_sets[split] = sets
 
-    # Load pretrained model and tokenizer. Our label ids are fixed (entailment, neutral,
-    # contradiction); a model with its own label names keeps its order and the data is mapped to it.
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        finetuning_task="xnli",
-        **model_args.hub_kwargs(),
-    )
-    model_label_of = model_label_ids(config, model_args.config_name or model_args.model_name_or_path)
-    our_label_of = np.argsort(model_label_of)  # model id -> our id
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        use_fast=model_args.use_fast_tokenizer,
-        **model_args.hub_kwargs(),
-    )
-    ensure_pad_token(tokenizer, config)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        **model_args.hub_kwargs(),
-    )
+    # Load the pretrained model
+    model = load_pretrained(AutoModelForSequenceClassification, model_args.model_name_or_path,
+                            "--model_name_or_path", config=config, **model_args.hub_kwargs())
     # --representation_transform: a hook on the last hidden state, active while a non-English set is predicted.
     transform = load_for_heads(transform_args.representation_transform, model, languages if eval_sets else [])
 

@@ -45,14 +45,23 @@ from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
+    load_pretrained,
+    merged_arguments,
     parse_arguments,
     run_main,
     set_cpu_threads,
     setup_logging,
+    task_input_files,
     write_run_args,
 )
 from hf_xladjust.evaluation.tagging import tagging_metrics
-from hf_xladjust.evaluation.transforms import RepresentationTransformArguments, load_for_heads, transform_scope
+from hf_xladjust.evaluation.transforms import (
+    RepresentationTransformArguments,
+    load_for_heads,
+    transform_input_files,
+    transform_scope,
+)
+from hf_xladjust.files import check_input_files
 from hf_xladjust.tasks.ner import (
     LABELS,
     OUTSIDE,
@@ -68,6 +77,8 @@ from hf_xladjust.trainers.continual import (
     ContinualAlignArguments,
     ContinualAlignTrainer,
     FineTuningArguments,
+    check_anchor_model,
+    continual_input_files,
     continual_kwargs,
 )
 
@@ -157,12 +168,21 @@ def build_parser() -> HfArgumentParser:
     )
 
 
+def input_files(args):
+    """The files this run reads (`args`: the parsed arguments as one namespace): checked before anything
+    loads, and by the grid's dry run on each step's arguments."""
+    return (task_input_files(args, ["en"] + list(args.eval_languages)) + transform_input_files(args)
+            + continual_input_files(args))
+
+
 def main():
     parser = build_parser()
     model_args, data_args, transform_args, cont_args, align_data_args, loss_args, training_args = \
         parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
+    check_input_files(input_files(merged_arguments(data_args, transform_args, cont_args, align_data_args,
+                                                   training_args)))
 
     # Setup logging
     setup_logging(training_args, logger)
@@ -175,9 +195,24 @@ def main():
     # Set seed before initializing model.
     set_seed(training_args.seed)
 
+    # Load the config and tokenizer before the data (a bad path fails in seconds; the model loads below).
+    # A bare encoder gets our tag set as its labels; an already fine-tuned tagger keeps its label ids, and
+    # its tag set must be the data's.
+    label_names = list(data_args.tag_names)
+    config = load_pretrained(AutoConfig, *model_args.config_source(), finetuning_task="ner",
+                             **model_args.hub_kwargs())
+    label_to_id = model_label_ids(config, label_names, model_args.config_name or model_args.model_name_or_path)
+    id_to_label = np.array([config.id2label[i] for i in range(len(config.id2label))], dtype=object)
+    tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(),
+                                use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
+    # Words are tokenised as running text (hf_xladjust.tokenization): no add_prefix_space needed.
+    require_fast(tokenizer, "run_ner_xl.py")
+    ensure_pad_token(tokenizer, config)
+    if training_args.do_train:
+        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
+
     # Load the data: the English training set; validation and test sets of English and every evaluation language.
     hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
-    label_names = list(data_args.tag_names)
     languages = list(dict.fromkeys(["en"] + list(data_args.eval_languages)))
     train_examples = None
     if training_args.do_train:
@@ -204,27 +239,9 @@ def main():
                                                     label_names, **hub_kwargs)
                             for lang in languages}
 
-    # Load pretrained model and tokenizer. A bare encoder gets our tag set as its labels; an already
-    # fine-tuned tagger keeps its label ids, and its tag set must be the data's.
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        finetuning_task="ner",
-        **model_args.hub_kwargs(),
-    )
-    label_to_id = model_label_ids(config, label_names, model_args.config_name or model_args.model_name_or_path)
-    id_to_label = np.array([config.id2label[i] for i in range(len(config.id2label))], dtype=object)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        use_fast=model_args.use_fast_tokenizer,
-        **model_args.hub_kwargs(),
-    )  # words are tokenised as running text (hf_xladjust.tokenization): no add_prefix_space needed
-    require_fast(tokenizer, "run_ner_xl.py")
-    ensure_pad_token(tokenizer, config)
-    model = AutoModelForTokenClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        **model_args.hub_kwargs(),
-    )
+    # Load the pretrained model
+    model = load_pretrained(AutoModelForTokenClassification, model_args.model_name_or_path,
+                            "--model_name_or_path", config=config, **model_args.hub_kwargs())
     # --representation_transform: a hook on the last hidden state, active while a non-English set is predicted.
     transform = load_for_heads(transform_args.representation_transform, model, languages if eval_sets else [])
 

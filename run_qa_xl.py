@@ -43,12 +43,15 @@ from hf_xladjust.alignment.pairs import AlignmentDataArguments
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
+    load_pretrained,
+    merged_arguments,
     parse_arguments,
     run_main,
     set_cpu_threads,
     setup_logging,
     write_run_args,
 )
+from hf_xladjust.files import check_input_files
 from hf_xladjust.tasks.qa import (
     QASet,
     check_unique_names,
@@ -57,6 +60,7 @@ from hf_xladjust.tasks.qa import (
     mlqa_sets,
     named_sets,
     postprocess_qa_predictions,
+    qa_input_files,
     read_squad_json,
     score_set,
     train_features,
@@ -66,7 +70,13 @@ from hf_xladjust.tasks.qa import (
     xquad_sets,
 )
 from hf_xladjust.tokenization import ensure_pad_token, require_fast
-from hf_xladjust.trainers.continual import ContinualAlignArguments, FineTuningArguments, continual_kwargs
+from hf_xladjust.trainers.continual import (
+    ContinualAlignArguments,
+    FineTuningArguments,
+    check_anchor_model,
+    continual_input_files,
+    continual_kwargs,
+)
 from hf_xladjust.trainers.qa import QuestionAnsweringTrainer
 
 logger = logging.getLogger(__name__)
@@ -166,11 +176,18 @@ def build_parser() -> HfArgumentParser:
     )
 
 
+def input_files(args):
+    """The files this run reads (`args`: the parsed arguments as one namespace): checked before anything
+    loads, and by the grid's dry run on each step's arguments."""
+    return qa_input_files(args) + continual_input_files(args)
+
+
 def main():
     parser = build_parser()
     model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
+    check_input_files(input_files(merged_arguments(data_args, cont_args, align_data_args, training_args)))
 
     # Setup logging
     setup_logging(training_args, logger)
@@ -182,6 +199,15 @@ def main():
 
     # Set seed before initializing model.
     set_seed(training_args.seed)
+
+    # Load the config and tokenizer before the data (a bad path fails in seconds; the model loads below).
+    config = load_pretrained(AutoConfig, *model_args.config_source(), **model_args.hub_kwargs())
+    tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(),
+                                use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
+    require_fast(tokenizer, "run_qa_xl.py (offset mappings)")
+    ensure_pad_token(tokenizer, config)
+    if training_args.do_train:
+        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
 
     # Get the datasets: English training questions (SQuAD JSON or a Hub dataset in the `squad` layout);
     # validation and test sets, each a named QASet that knows how it is scored.
@@ -234,23 +260,9 @@ def main():
     for sets in eval_sets.values():
         check_unique_names(sets)
 
-    # Load pretrained model and tokenizer
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
-        **model_args.hub_kwargs(),
-    )
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        use_fast=model_args.use_fast_tokenizer,
-        **model_args.hub_kwargs(),
-    )
-    require_fast(tokenizer, "run_qa_xl.py (offset mappings)")
-    ensure_pad_token(tokenizer, config)
-    model = AutoModelForQuestionAnswering.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        **model_args.hub_kwargs(),
-    )
+    # Load the pretrained model
+    model = load_pretrained(AutoModelForQuestionAnswering, model_args.model_name_or_path, "--model_name_or_path",
+                            config=config, **model_args.hub_kwargs())
 
     # Preprocessing the datasets.
     max_seq_length = data_args.max_seq_length

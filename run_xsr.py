@@ -36,12 +36,14 @@ from typing import List, Optional
 import datasets
 import torch
 import transformers
-from transformers import AutoModel, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
 
 from hf_xladjust.cli import (
     OVERWRITE_HELP,
     ModelArguments,
     check_output_dir,
+    load_pretrained,
+    merged_arguments,
     parse_arguments,
     run_main,
     set_cpu_threads,
@@ -54,14 +56,16 @@ from hf_xladjust.evaluation.retrieval import (
     read_parallel_lines,
     read_tatoeba,
     tatoeba_code,
+    tatoeba_files,
     tatoeba_from_hub,
 )
 from hf_xladjust.evaluation.transforms import (
     RepresentationTransform,
     RepresentationTransformArguments,
     retrieval_transform,
+    transform_input_files,
 )
-from hf_xladjust.files import write_json, write_jsonl
+from hf_xladjust.files import InputPath, check_input_files, write_json, write_jsonl
 from hf_xladjust.tokenization import ensure_pad_token
 
 logger = logging.getLogger(__name__)
@@ -165,10 +169,23 @@ def build_parser() -> HfArgumentParser:
                          __doc__)
 
 
+def input_files(args):
+    """The files this run reads (`args`: the parsed arguments as one namespace): checked before anything
+    loads, and by the grid's dry run on each step's arguments."""
+    inputs = [InputPath(f"--{name}", getattr(args, name)) for name in ("source_file", "target_file")
+              if getattr(args, name)]
+    if not args.source_file and args.tatoeba_dir:
+        inputs.append(InputPath("--tatoeba_dir", args.tatoeba_dir, "folder"))
+        inputs += [InputPath(f"--tatoeba_dir ({lang})", path) for lang in dict.fromkeys(args.languages)
+                   for path in tatoeba_files(args.tatoeba_dir, lang)]
+    return inputs + transform_input_files(args)
+
+
 def main():
     parser = build_parser()
     model_args, data_args, xsr_args, transform_args = parse_arguments(parser)
     check_output_dir(xsr_args.output_dir, "all_results.json", xsr_args.overwrite_output_dir)
+    check_input_files(input_files(merged_arguments(data_args, transform_args)))
 
     # Setup logging
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -185,6 +202,12 @@ def main():
     amp = "fp16" if xsr_args.fp16 else "bf16" if xsr_args.bf16 else None
     logger.info(f"device: {device}, autocast: {amp or 'no'}, pooling: {xsr_args.pooling}, "
                 f"direction: {xsr_args.direction}")
+
+    # The tokenizer and config first (a bad path fails in seconds); the model loads after the data.
+    tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(),
+                                use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
+    config = load_pretrained(AutoConfig, *model_args.config_source(), **model_args.hub_kwargs())
+    ensure_pad_token(tokenizer, config)
 
     # Load the data: every set is read and checked before the model is loaded or anything is written.
     hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
@@ -211,17 +234,9 @@ def main():
         transform = RepresentationTransform.load(transform_args.representation_transform)
         transform.require([lang for _, src, tgt in sets.values() for lang in (src, tgt)], standardize_english=True)
 
-    # Load pretrained model and tokenizer (a task checkpoint, e.g. fine-tuned on SQuAD, loads as its encoder).
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        use_fast=model_args.use_fast_tokenizer,
-        **model_args.hub_kwargs(),
-    )
-    ensure_pad_token(tokenizer)
-    model = AutoModel.from_pretrained(
-        model_args.model_name_or_path,
-        **model_args.hub_kwargs(),
-    ).to(device)
+    # Load the pretrained model (a task checkpoint, e.g. fine-tuned on SQuAD, loads as its encoder).
+    model = load_pretrained(AutoModel, model_args.model_name_or_path, "--model_name_or_path", config=config,
+                            **model_args.hub_kwargs()).to(device)
     if transform is not None:
         transform.check_model(model.config)
 

@@ -1,15 +1,15 @@
-"""What every run_*.py script shares: the model arguments, logging set-up, the CPU thread default, the
-record of its arguments and its one-line error exit."""
+"""What every run_*.py script shares: the model arguments and their loading, logging set-up, the CPU thread
+default, the record of its arguments and its one-line error exit."""
 import argparse
 import dataclasses
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hf_xladjust.errors import InputError
-from hf_xladjust.files import write_json
+from hf_xladjust.files import InputPath, pattern_inputs, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,16 @@ class ModelArguments:
     model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token for private models or datasets."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub repository."})
+
+    def config_source(self) -> Tuple[str, str]:
+        """The config's name or path, and the option it comes from (named when it cannot be loaded)."""
+        return (self.config_name, "--config_name") if self.config_name else (self.model_name_or_path,
+                                                                            "--model_name_or_path")
+
+    def tokenizer_source(self) -> Tuple[str, str]:
+        """The tokenizer's name or path, and the option it comes from."""
+        return (self.tokenizer_name, "--tokenizer_name") if self.tokenizer_name else (self.model_name_or_path,
+                                                                                     "--model_name_or_path")
 
     def hub_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for every `from_pretrained` of the config, tokenizer and model (and f0), so
@@ -76,6 +86,53 @@ def parse_arguments(parser) -> tuple:
         raise
     except ValueError as err:
         raise InputError(str(err)) from None
+
+
+def merged_arguments(*parsed) -> argparse.Namespace:
+    """The parsed dataclasses' fields in one namespace, as the parser's own namespace holds them: what a
+    script's `input_files(args)` reads, in `main()` and in the grid's dry run (which passes the namespace)."""
+    return argparse.Namespace(**{name: value for obj in parsed for name, value in vars(obj).items()})
+
+
+def task_input_files(args, languages: Sequence[str]) -> List[InputPath]:
+    """The data files of an NLI or NER run (`--train_file`, `{lang}` validation and test patterns) for the
+    splits it trains or evaluates on; Hub data (`--dataset_name`) has none."""
+    inputs = [InputPath("--train_file", args.train_file)] if args.do_train and args.train_file else []
+    if args.do_eval:
+        inputs += pattern_inputs("--validation_file_pattern", args.validation_file_pattern, languages)
+    if args.do_predict:
+        inputs += pattern_inputs("--test_file_pattern", args.test_file_pattern, languages)
+    return inputs
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id (`namespace/name`): written as a path, or its first folder exists here."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
+def load_pretrained(auto_class, name_or_path: str, flag: str, **kwargs):
+    """`auto_class.from_pretrained(name_or_path, **kwargs)`, where a config, tokenizer or model that cannot be
+    found or read is one InputError line naming it and the option it came from, instead of transformers'
+    OSError (or ValueError) traceback. The scripts load config and tokenizer this way before reading any
+    data, so that a misspelled path fails in seconds, not after the word aligner."""
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except InputError:
+        raise
+    except (OSError, ValueError) as e:
+        kind = auto_class.__name__
+        what = "config" if "Config" in kind else "tokenizer" if "Tokenizer" in kind else "model"
+        lines = str(e).strip().splitlines()
+        detail = (lines[0] if lines else type(e).__name__)[:300]
+        if os.path.isdir(os.path.expanduser(name_or_path)):
+            reason = f"cannot load the {what} from this folder ({detail})"
+        elif _looks_local(name_or_path):
+            reason = "no such folder"
+        else:
+            reason = f"not a folder, and no {what} of this name can be loaded from the Hub or its cache ({detail})"
+        raise InputError(f"{flag}: {reason}", name_or_path) from None
 
 
 OVERWRITE_HELP = ("Run into an --output_dir that already holds a finished run, replacing its results; without "

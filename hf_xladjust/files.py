@@ -1,11 +1,11 @@
-"""Reading input lines so that bad bytes name their file and line; writing result files so that a crash
-never leaves a half-written file that looks complete."""
+"""Reading input lines so that bad bytes name their file and line; checking every input path before a run
+starts; writing result files so that a crash never leaves a half-written file that looks complete."""
 import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
 
 from hf_xladjust.errors import InputError
 
@@ -80,3 +80,55 @@ def read_text_lines(path: str, encoding: str = "utf-8") -> List[Tuple[int, str]]
         raise InputError(f"cannot read ({e.strerror})", path) from None
     return [(line_no, decode_line(raw, path, line_no, encoding).rstrip("\r"))
             for line_no, raw in enumerate(lines, 1)]
+
+
+class InputPath(NamedTuple):
+    """A path a run reads, with the option it came from (named in the error when it is missing)."""
+
+    flag: str  # e.g. "--train_file", "--test_file_pattern (es)"
+    path: str
+    kind: str = "file"  # "file", "folder", or "any" (a file or a folder)
+
+
+def pattern_inputs(flag: str, pattern: Optional[str], languages: Iterable[str]) -> List[InputPath]:
+    """One input per language of a `{lang}` file pattern (none when the pattern is not given)."""
+    if not pattern:
+        return []
+    return [InputPath(f"{flag} ({lang})", pattern.format(lang=lang)) for lang in dict.fromkeys(languages)]
+
+
+def input_problem(item: InputPath, base: str = "") -> Optional[str]:
+    """Why `item` cannot be read (relative paths from `base`), or None when it can."""
+    path = os.path.join(base, os.path.expanduser(item.path))
+    if os.path.isdir(path):
+        return "a folder, not a file" if item.kind == "file" else None
+    if not os.path.exists(path):
+        return {"file": "no such file", "folder": "no such folder"}.get(item.kind, "no such file or folder")
+    if item.kind == "folder":
+        return "not a folder"
+    try:
+        open(path, "rb").close()
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    return None
+
+
+def input_problems(inputs: Iterable[InputPath], base: str = "") -> List[Tuple[InputPath, str]]:
+    """`(input, why)` for every input that cannot be read; a file inside a missing folder that is itself an
+    input is left to the folder's problem."""
+    problems = [(item, why) for item in dict.fromkeys(inputs) if (why := input_problem(item, base))]
+    gone = [os.path.join(item.path, "") for item, _ in problems if item.kind != "file"]
+    return [(item, why) for item, why in problems
+            if item.kind != "file" or not any(item.path.startswith(folder) for folder in gone)]
+
+
+def check_input_files(inputs: Iterable[InputPath]) -> None:
+    """Every input a run will read exists and opens, checked when the script starts: a typo in any path is
+    one InputError line naming it (all of them, if several), before a model loads or a corpus is aligned."""
+    problems = input_problems(inputs)
+    if len(problems) == 1:
+        item, why = problems[0]
+        raise InputError(f"{why} ({item.flag})", item.path)
+    if problems:
+        raise InputError(f"{len(problems)} inputs cannot be read: "
+                         + "; ".join(f"{item.path} ({item.flag}): {why}" for item, why in problems))

@@ -30,9 +30,9 @@ LABELS = ("entailment", "neutral", "contradiction")
 
 
 def write_nli(folder, n_train=96, n_test=24):
-    """English training tsv and line-parallel test tsvs (en, es) from the fixture sentences."""
+    """English training tsv and line-parallel test tsvs (en, es, ru) from the fixture sentences."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, langs, n, offset in (("train", ("en",), n_train, 0), ("test", ("en", "es"), n_test, 5)):
+    for name, langs, n, offset in (("train", ("en",), n_train, 0), ("test", ("en", "es", "ru"), n_test, 5)):
         for lang in langs:
             lines = fixture_lines(lang)
             rows = [f"{lines[(i + offset) % 12]}\t{lines[(i * 5 + 1 + offset) % 12]}\t{LABELS[i % 3]}\n"
@@ -684,7 +684,11 @@ def test_a_misspelled_argument_is_one_line_from_the_command(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(cfg))
     done = run_grid(str(path), "--dry_run")
-    assert done.returncode == 1 and "Grid" not in done.stdout  # nothing was planned (transformers may print)
+    assert done.returncode == 1 and "# nli/adjusted_cont/ru/seed1 [to run]" in done.stdout  # the plan, then
+    assert done.stderr.count("\n") == 1 and "has no argument 'num_trian_epochs'" in done.stderr  # the problem
+    assert not (tmp_path / "results").exists()
+    done = run_grid(str(path))  # the real run checks first, and plans nothing
+    assert done.returncode == 1 and "Grid" not in done.stdout  # (transformers may print)
     assert done.stderr.count("\n") == 1 and "has no argument 'num_trian_epochs'" in done.stderr
 
 
@@ -1068,7 +1072,10 @@ def test_dry_run_checks_the_fit_steps(tmp_path, monkeypatch, capsys):
 
 def test_new_regime_steps_pass_the_real_parsers(tmp_path, capsys):
     """Once the transform CLI and the scripts' --representation_transform are there (branch i12-transforms),
-    every step of a grid with every new regime passes its script's own parser."""
+    every step of a grid with every new regime passes its script's own parser (and finds its input files)."""
+    from test_xsr import write_tatoeba
+
+    write_tatoeba(tmp_path)  # the configuration's tatoeba_dir
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(new_regimes_config(tmp_path)))
     assert grid_main([str(path), "--dry_run"]) == 0

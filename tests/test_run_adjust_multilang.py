@@ -153,4 +153,5 @@ def test_a_missing_one_corpus_file_is_a_one_line_error(tmp_path, tiny_model_dir)
                       tmp_path / "absent.txt", "--target_lang", "es", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"run_adjust.py: error: {tmp_path / 'absent.txt'}: cannot read (No such file or directory)")
+        f"run_adjust.py: error: {tmp_path / 'absent.txt'}: no such file (--train_file)")
+    assert not out.exists()

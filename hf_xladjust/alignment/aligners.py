@@ -132,7 +132,10 @@ def read_pharaoh(path, src: Optional[Sentences] = None, tgt: Optional[Sentences]
     path = str(path)
     if src is not None and tgt is not None and len(src) != len(tgt):
         raise ValueError(f"{len(src)} source sentences but {len(tgt)} target sentences")
-    lines = read_lines(path)
+    try:
+        lines = read_lines(path)
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
     expected = len(src) if src is not None else (len(tgt) if tgt is not None else None)
     if expected is not None and len(lines) != expected:
         if len(lines) > expected:

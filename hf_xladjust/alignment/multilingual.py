@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from hf_xladjust.alignment.pairs import AlignedPair, AlignmentDataArguments, alignable_indices, build_aligned_pairs
 from hf_xladjust.errors import InputError
+from hf_xladjust.files import InputPath
 
 # ISO 639-1/639-3 codes, optionally with subtags (zh-Hans, pt-BR): the names the rest of the toolkit uses.
 LANG_CODE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
@@ -188,6 +189,26 @@ def build_multilingual_pairs(args: AdjustDataArguments, seed: int = 42,
     return pairs, {"languages": by_language, **totals,
                    "sampling": "proportional" if args.sample_proportionally else "per_language",
                    "english_side": "target" if args.english_is_target else "source"}
+
+
+def adjust_input_files(args) -> List[InputPath]:
+    """The files run_adjust.py (and the transform fit) read: the corpus, or every --parallel corpus, and with
+    --aligner pharaoh the alignment files. `args`: the parsed arguments as one namespace (the grid's dry run
+    passes the parser's own, so a malformed --parallel value is a ValueError here)."""
+    pharaoh = args.aligner == "pharaoh"
+    if getattr(args, "parallel", None):
+        inputs = []
+        for c in parse_parallel(args.parallel, getattr(args, "alignment_files", None)):
+            inputs += [InputPath(f"--parallel {c.lang}", path) for path in (c.source_file, c.target_file, c.train_file)
+                       if path]
+            if pharaoh and c.alignment_file:
+                inputs.append(InputPath(f"--alignment_files {c.lang}", c.alignment_file))
+        return inputs
+    inputs = [InputPath(f"--{name}", getattr(args, name)) for name in ("source_file", "target_file", "train_file")
+              if getattr(args, name, None)]
+    if pharaoh and args.alignment_file:
+        inputs.append(InputPath("--alignment_file", args.alignment_file))
+    return inputs
 
 
 def links_trained_by_language(dataset) -> Dict[str, int]:

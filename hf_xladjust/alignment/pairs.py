@@ -205,7 +205,11 @@ def write_aligned_pairs(path: str, pairs: Sequence[AlignedPair]) -> None:
 def read_aligned_pairs(path: str) -> List[AlignedPair]:
     """Read `aligned_pairs.jsonl` (as written by run_adjust.py), checking every link is in range."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
+    with f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 raise InputError("empty line", path, line_no)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from hf_xladjust.alignment.loss import encoder_of, pool_words
 from hf_xladjust.errors import InputError
+from hf_xladjust.files import InputPath
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +307,12 @@ class RepresentationTransformArguments:
     )
 
 
+def transform_input_files(args) -> List[InputPath]:
+    """`--representation_transform` (its .pt file or folder) as an input to check before anything loads."""
+    path = getattr(args, "representation_transform", None)
+    return [InputPath("--representation_transform", path, "any")] if path else []
+
+
 # ----------------------------------------------------------------------------- heads (glue/ner)
 class LastLayerTransform:
     """Applies a transform to the last hidden state of a task model's encoder, before the head: a forward
@@ -500,6 +507,13 @@ def build_parser():
                          prog="python -m hf_xladjust.evaluation.transforms")
 
 
+def input_files(args) -> List[InputPath]:
+    """The corpus (and Pharaoh file) the fit reads, checked before anything loads (and by the grid's dry run)."""
+    from hf_xladjust.alignment.multilingual import adjust_input_files
+
+    return adjust_input_files(args)
+
+
 def target_language(data_args) -> str:
     """The non-English language of the corpus (the key of the fitted tensors)."""
     lang = data_args.source_lang if data_args.english_is_target else data_args.target_lang
@@ -513,8 +527,15 @@ def main():
     from transformers import AutoModel, AutoTokenizer, set_seed
 
     from hf_xladjust.alignment.pairs import AlignedPairCollator, AlignedPairDataset, build_aligned_pairs
-    from hf_xladjust.cli import check_output_dir, parse_arguments, set_cpu_threads, write_run_args
-    from hf_xladjust.files import write_json
+    from hf_xladjust.cli import (
+        check_output_dir,
+        load_pretrained,
+        merged_arguments,
+        parse_arguments,
+        set_cpu_threads,
+        write_run_args,
+    )
+    from hf_xladjust.files import check_input_files, write_json
 
     model_args, data_args, args = parse_arguments(build_parser())
     if data_args.parallel:
@@ -522,20 +543,21 @@ def main():
                          "--target_file or --train_file with --target_lang, not --parallel")
     lang = target_language(data_args)
     check_output_dir(args.output_dir, "run_args.json", args.overwrite_output_dir)
+    check_input_files(input_files(merged_arguments(data_args)))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
     logging.getLogger("hf_xladjust").setLevel(logging.INFO)
     set_seed(args.seed)
 
+    hub = model_args.hub_kwargs()
+    tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(), use_fast=model_args.use_fast_tokenizer,
+                                **hub)  # before the alignment: a bad path fails in seconds
     pairs, stats = build_aligned_pairs(data_args, data_args.source_file, data_args.target_file,
                                        data_args.train_file, seed=args.seed,
                                        cache_dir=os.path.join(args.output_dir, "alignment_cache"))
-    hub = model_args.hub_kwargs()
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
-                                              use_fast=model_args.use_fast_tokenizer, **hub)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = set_cpu_threads(device.type)
-    model = AutoModel.from_pretrained(model_args.model_name_or_path, **hub).to(device)
+    model = load_pretrained(AutoModel, model_args.model_name_or_path, "--model_name_or_path", **hub).to(device)
     max_length = min(data_args.align_max_length or tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
     dataset = AlignedPairDataset(pairs, tokenizer, max_length, data_args.link_special_tokens)

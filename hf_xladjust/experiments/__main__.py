@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "--dry_run\n")
     p.add_argument("config", help="YAML or JSON configuration file.")
     p.add_argument("--dry_run", action="store_true",
-                   help="Check every step's arguments against its script and the model folder, print every "
-                        "step's command and state and the time estimate (measured where steps have run); "
-                        "run nothing.")
+                   help="Print every step's command and state and the time estimate (measured where steps have "
+                        "run), then every problem found: model folders, each step's arguments against its "
+                        "script, missing input files (exit status 1 if any); run nothing.")
     p.add_argument("--cluster", choices=("local", "slurm", "debug"), default=None,
                    help="Override executor.cluster of the configuration.")
     p.add_argument("--results_dir", default=None, help="Override results_dir of the configuration.")
@@ -73,13 +73,19 @@ def main(argv=None) -> int:
         chosen = {n for n in chosen if n in matching(args.only) or n in rerun or not is_done(by_name[n])}
         steps = [s for s in steps if s.name in chosen]
 
-    from hf_xladjust.experiments.validate import check_plan
+    from hf_xladjust.experiments.validate import plan_problems, raise_problems
 
-    check_plan(steps, cfg, os.path.abspath(cfg.workdir or os.getcwd()))
+    # Every problem of the configuration at once (model folders, arguments, input files); a dry run still
+    # prints the plan and its estimate first, then the problems, and exits non-zero.
+    problems = plan_problems(steps, cfg, os.path.abspath(cfg.workdir or os.getcwd()))
+    if not args.dry_run:
+        raise_problems(problems, cfg.source)
     print(f"Grid {cfg.source}: {len(steps)} steps, results in {results_dir}, executor {cfg.executor.cluster}")
     if args.dry_run:
         print(plan_summary(steps, cfg))
         print("\nEstimate\n" + format_estimate(estimate(steps)))
+        sys.stdout.flush()
+        raise_problems(problems, cfg.source)
         return 0
 
     plan_path = write_plan(all_steps, cfg, results_dir)

@@ -16,9 +16,10 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 from hf_xladjust.alignment.aligners import align_corpus, write_pharaoh
+from hf_xladjust.alignment.multilingual import adjust_input_files
 from hf_xladjust.alignment.parallel import read_parallel
 from hf_xladjust.cli import run_main, write_run_args
-from hf_xladjust.files import write_json
+from hf_xladjust.files import check_input_files, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,14 @@ def build_parser() -> HfArgumentParser:
                          prog="python -m hf_xladjust.experiments.align")
 
 
+def input_files(args):
+    """The corpus the step reads, checked first (and by the grid's dry run on each step's arguments)."""
+    return adjust_input_files(args)
+
+
 def main():
     (args,) = build_parser().parse_args_into_dataclasses()
+    check_input_files(input_files(args))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
     start = time.time()

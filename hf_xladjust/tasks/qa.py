@@ -26,7 +26,7 @@ import numpy as np
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.evaluation.qa_metrics import MLQA_LANGUAGES, qa_scores
-from hf_xladjust.files import write_jsonl
+from hf_xladjust.files import InputPath, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ def read_squad_json(path: str, require_answers: bool = False) -> Tuple[List[QAEx
             content = json.load(f)
     except UnicodeDecodeError as e:
         raise InputError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
     if not isinstance(content, dict) or not isinstance(content.get("data"), list):
@@ -525,3 +527,30 @@ def write_qa_predictions(path: str, qa_set: QASet, texts: Sequence[str], scores:
             record["score"] = float(scores[i]) if np.isfinite(scores[i]) else None
         records.append(record)
     write_jsonl(path, records)
+
+
+def qa_input_files(args) -> List[InputPath]:
+    """The files and folders a run_qa_xl.py run reads for the splits it trains or evaluates on (`args`: the
+    parsed arguments as one namespace), checked before anything loads; Hub data has none."""
+    inputs = [InputPath("--train_file", args.train_file)] if args.do_train and args.train_file else []
+    languages = list(dict.fromkeys(args.eval_languages))
+    for do_it, file_flag, sets_flag in ((args.do_eval, "validation_file", "eval_sets"),
+                                        (args.do_predict, "test_file", "test_sets")):
+        if not do_it:
+            continue
+        if getattr(args, file_flag):
+            inputs.append(InputPath(f"--{file_flag}", getattr(args, file_flag)))
+        for spec in getattr(args, sets_flag) or ():
+            name, sep, path = spec.partition("=")
+            if sep and path:  # a malformed spec is named_sets' error
+                inputs.append(InputPath(f"--{sets_flag} {name}", path))
+        if args.mlqa_dir:
+            inputs.append(InputPath("--mlqa_dir", args.mlqa_dir, "folder"))
+    if args.do_predict and args.xquad_dir:
+        english = args.cross_lingual_eval and any(lang != "en" for lang in languages)
+        for lang in dict.fromkeys((["en"] if english else []) + languages):
+            path = os.path.join(args.xquad_dir, XQUAD_FILE.format(lang=lang))
+            inputs.append(InputPath(f"--xquad_dir ({lang})", path))
+    if args.do_predict and args.tydiqa_dir:
+        inputs.append(InputPath("--tydiqa_dir", args.tydiqa_dir, "folder"))
+    return inputs

@@ -58,8 +58,9 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
     read_aligned_pairs,
 )
-from hf_xladjust.cli import OVERWRITE_HELP
+from hf_xladjust.cli import OVERWRITE_HELP, load_pretrained
 from hf_xladjust.compat import accumulation_steps, ga_corrected_loss, trainer_divides_by_ga
+from hf_xladjust.files import InputPath
 from hf_xladjust.sampling import subsample_indices
 from hf_xladjust.trainers.adjust import count_over_processes
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
@@ -133,6 +134,34 @@ class ContinualAlignArguments:
     def enabled(self) -> bool:
         """Whether any aligned data was given (continual alignment is on)."""
         return bool(self.align_train_file or self.align_source_file or self.aligned_pairs)
+
+
+CONTINUAL_FILES = ("align_train_file", "align_source_file", "align_target_file", "aligned_pairs")
+
+
+def continual_input_files(args) -> List[InputPath]:
+    """The files continual alignment reads in a training run (`args`: the parsed arguments as one namespace,
+    see `hf_xladjust.cli.merged_arguments`): its corpus or --aligned_pairs, and a Pharaoh --alignment_file."""
+    if not getattr(args, "do_train", True):
+        return []
+    inputs = [InputPath(f"--{name}", getattr(args, name)) for name in CONTINUAL_FILES if getattr(args, name, None)]
+    if inputs and not getattr(args, "aligned_pairs", None) and args.aligner == "pharaoh" and args.alignment_file:
+        inputs.append(InputPath("--alignment_file", args.alignment_file))
+    return inputs
+
+
+def check_anchor_model(cont_args: ContinualAlignArguments, loss_args: AlignmentLossArguments,
+                       model_name_or_path: str, **model_kwargs) -> None:
+    """When continual alignment will load f0, load its config now: a bad --anchor_model_name_or_path (or a
+    start model recorded in an adjusted model's run_args.json that is gone) is one line before any data is
+    read, not a traceback after the alignment."""
+    if not cont_args.enabled or not (loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"):
+        return
+    path, revision = resolve_anchor(model_name_or_path, cont_args.anchor_model_name_or_path)
+    flag = ("--anchor_model_name_or_path" if cont_args.anchor_model_name_or_path
+            else "--model_name_or_path" if path == model_name_or_path
+            else f"the anchor model f0 (recorded in the run_args.json of {model_name_or_path})")
+    load_pretrained(AutoConfig, path, flag, **{**model_kwargs, **({"revision": revision} if revision else {})})
 
 
 def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments, tokenizer,
