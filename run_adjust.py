@@ -11,15 +11,20 @@ save); the reusable parts live in `hf_xladjust`. Example:
 The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--english_side target`):
 English is the side the anchor term keeps near the original model. Several target languages in one
 run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags.
+
+Output: a checkpoint whose config names a ...ForMaskedLM or ...ForPreTraining architecture keeps that head:
+its encoder is adjusted and the whole model saved, so `pipeline("fill-mask")` works on --output_dir
+(the decoder is tied to the adjusted input embeddings; the rest of the head is the checkpoint's own, untrained
+by the alignment loss). `--save_encoder_only` saves the bare encoder instead. AutoModel loads either.
 """
 import copy
 import json
 import logging
 import os
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
-from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments
+from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, encoder_of
 from hf_xladjust.alignment.multilingual import AdjustDataArguments, build_multilingual_pairs, links_trained_by_language
 from hf_xladjust.alignment.pairs import (
     AlignedPairCollator,
@@ -37,7 +42,12 @@ from hf_xladjust.cli import (
     write_run_args,
 )
 from hf_xladjust.files import write_json
-from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
+from hf_xladjust.trainers.adjust import (
+    AdjustTrainer,
+    AdjustTrainingArguments,
+    count_over_processes,
+    load_model_to_adjust,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +85,11 @@ def main():
                                               use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
     config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
                                         **model_args.hub_kwargs())
-    model = AutoModel.from_pretrained(model_args.model_name_or_path, config=config, **model_args.hub_kwargs())
-    original = copy.deepcopy(model)  # f0: frozen, never saved
+    # With the checkpoint's masked-LM / pretraining head if it has one (saved whole), unless --save_encoder_only.
+    whole = load_model_to_adjust(model_args.model_name_or_path, config, training_args.save_encoder_only,
+                                 **model_args.hub_kwargs())
+    model = encoder_of(whole)  # what the alignment loss trains
+    original = copy.deepcopy(model)  # f0: the bare encoder, frozen, never saved
 
     max_length = min(data_args.align_max_length or tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
@@ -94,6 +107,7 @@ def main():
         data_collator=AlignedPairCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         alignment_loss=AlignmentLoss.from_args(loss_args, anchor_model=original),
+        model_to_save=whole,
     )
 
     if trainer.is_world_process_zero():
@@ -102,7 +116,7 @@ def main():
         write_json(os.path.join(training_args.output_dir, "alignment_stats.json"), stats)
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()  # the adjusted encoder + tokenizer, loadable with AutoModel / AutoModelFor...
+    trainer.save_model()  # the adjusted model (with its head) + tokenizer: AutoModel / AutoModelFor... / fill-mask
     metrics = train_result.metrics
     metrics["train_samples"] = len(train_dataset)
     metrics["batches_without_links"] = count_over_processes(trainer, trainer.batches_without_links)
