@@ -42,6 +42,7 @@ from hf_xladjust.cli import (
     write_run_args,
 )
 from hf_xladjust.files import write_json
+from hf_xladjust.model_card import save_model_card
 from hf_xladjust.trainers.adjust import (
     AdjustTrainer,
     AdjustTrainingArguments,
@@ -126,6 +127,7 @@ def main():
     if trainer.is_world_process_zero():
         write_run_args(training_args.output_dir, model=model_args, alignment=data_args,
                        loss=loss_args, training=training_args, threads=threads)
+    save_model_card(trainer)  # README.md: the Trainer's card + ours; --push_to_hub pushes the finished folder
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from hf_xladjust.cli import (
 )
 from hf_xladjust.evaluation.tagging import tagging_metrics
 from hf_xladjust.evaluation.transforms import RepresentationTransformArguments, load_for_heads, transform_scope
+from hf_xladjust.model_card import save_model_card
 from hf_xladjust.tasks.ner import (
     LABELS,
     OUTSIDE,
@@ -376,6 +377,7 @@ def main():
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
                        representation_transform=transform.describe(languages[1:]) if transform else None,
                        training=training_args, threads=threads)
+    save_model_card(trainer, tasks="token-classification", dataset=data_args.dataset_name or "WikiANN")
 
 
 if __name__ == "__main__":
