@@ -61,11 +61,11 @@ class HubPushAtEnd:
         finally:
             self._hub_repo_at_init = False
 
-    def init_hf_repo(self, token=None, private=None):
+    def init_hf_repo(self, *args, **kwargs):  # (token) before transformers 4.47, (token, private) since
         if not getattr(self, "_hub_repo_at_init", False):
-            return super().init_hf_repo(token, private)
+            return super().init_hf_repo(*args, **kwargs)
         try:
-            super().init_hf_repo(token, private)
+            super().init_hf_repo(*args, **kwargs)
         except Exception as err:  # offline, no token, no network: the final push retries and reports it
             self.hub_model_id, self.push_in_progress = None, None
             logger.info("Hub repository not created now (%s: %s); the push at the end of the run retries",

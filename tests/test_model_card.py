@@ -143,3 +143,47 @@ def test_qa_and_xsr_cards(tmp_path, tiny_model_dir, monkeypatch):
     assert f"- xsr_es_acc1: {round(results['xsr_es_acc1'], 4)}\n" in card
     assert f"- **Model evaluated**: `{tiny_model_dir}`" in card and "Seed" not in card
     assert card.rstrip().endswith(CITATION)
+
+
+class FakeHub:
+    """Stands in for the Hub API the Trainer calls (`transformers.trainer.hf_api()`): records the repository
+    created and what each upload would send."""
+
+    def __init__(self):
+        self.created, self.uploads = [], []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.created.append(repo_id)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        files = sorted(p for p in os.listdir(folder_path) if not p.startswith("_"))
+        with open(os.path.join(folder_path, "README.md"), encoding="utf-8") as f:
+            self.uploads.append({"repo_id": repo_id, "files": files, "card": f.read(), **kwargs})
+
+
+def test_push_uploads_the_finished_folder_with_our_card(tmp_path, tiny_model_dir, monkeypatch):
+    import transformers.trainer
+
+    import run_adjust
+
+    hub = FakeHub()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    out = tmp_path / "adjusted"
+    monkeypatch.setattr(sys, "argv", [
+        "run_adjust.py", "--model_name_or_path", tiny_model_dir, "--source_file", str(FIXTURES / "en.txt"),
+        "--target_file", str(FIXTURES / "es.txt"), "--target_lang", "es", "--aligner", "pharaoh",
+        "--alignment_file", str(diagonal_pharaoh(tmp_path / "al.txt")), "--output_dir", str(out),
+        "--per_device_train_batch_size", "4", "--max_steps", "1", "--push_to_hub", "--hub_model_id",
+        "someone/adj", *COMMON])
+    run_adjust.main()
+    # the repository is created when the Trainer is built; one upload, at the end, of the finished folder
+    assert hub.created == ["someone/adj"] and len(hub.uploads) == 1
+    upload = hub.uploads[0]
+    assert upload["repo_id"] == "someone/adj" and upload["commit_message"] == "End of training"
+    for name in (*OUTPUT_FILES, "README.md", "all_results.json"):
+        assert name in upload["files"], name
+    # push_to_hub rewrote the card: ours is still in it, once
+    assert upload["card"] == (out / "README.md").read_text()
+    assert upload["card"].count("## Cross-lingual adjustment (hf-xladjust)") == 1
+    assert upload["card"].rstrip().endswith(CITATION) and "- **Seed**: 42" in upload["card"]
