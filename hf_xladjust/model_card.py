@@ -162,7 +162,7 @@ def adjustment_lines(run_args: Dict[str, Any], stats: Dict[str, Any], head: Opti
         lines.append(f"- **Languages**: {', '.join(langs)} (English is anchored to the original model)")
     lines += corpus_lines(run_args.get("alignment") or {}, stats)
     lines.append(objective_line(run_args.get("loss") or {}, 1.0, model))
-    steps = f"{training.get('max_steps')} steps" if (training.get("max_steps") or -1) > 0 else \
+    steps = f"{training.get('max_steps')} step(s)" if (training.get("max_steps") or -1) > 0 else \
         f"{training.get('num_train_epochs')} epoch(s)"
     lines.append(f"- **Optimisation**: Adam β2 = {training.get('adam_beta2')}, ε = {training.get('adam_epsilon')}, "
                  f"lr {training.get('learning_rate')} ({training.get('lr_scheduler_type')}), "
@@ -220,7 +220,7 @@ def our_section(output_dir: str, script: str, trainer=None) -> str:
                          f"{continual.get('align_batch_size')} aligned sentence pairs per optimisation step")
             pool = getattr(trainer, "align_dataset", None)
             if pool is not None:
-                words = sum(len(f["links"]) - int(f["link_is_special"].sum()) for f in pool.features)
+                words = sum(len(pair.links) for pair in pool.pairs)  # word links, before truncation
                 lines.append(f"  - pool: {len(pool)} sentence pairs, {words} word links"
                              + (f" from {_code(continual.get('aligned_pairs'))}" if continual.get("aligned_pairs")
                                 else ""))
