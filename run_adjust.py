@@ -11,15 +11,20 @@ save); the reusable parts live in `hf_xladjust`. Example:
 The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--english_side target`):
 English is the side the anchor term keeps near the original model. Several target languages in one
 run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags.
+
+Output: a checkpoint whose config names a ...ForMaskedLM or ...ForPreTraining architecture keeps that head:
+its encoder is adjusted and the whole model saved, so `pipeline("fill-mask")` works on --output_dir
+(the decoder is tied to the adjusted input embeddings; the rest of the head is the checkpoint's own, untrained
+by the alignment loss). `--save_encoder_only` saves the bare encoder instead. AutoModel loads either.
 """
 import json
 import logging
 import os
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from hf_xladjust.alignment.lora import save_merged
-from hf_xladjust.alignment.loss import AlignmentLossArguments
+from hf_xladjust.alignment.loss import AlignmentLossArguments, encoder_of
 from hf_xladjust.alignment.multilingual import (
     AdjustDataArguments,
     adjust_input_files,
@@ -46,8 +51,14 @@ from hf_xladjust.cli import (
     write_run_args,
 )
 from hf_xladjust.files import check_input_files, write_json
+from hf_xladjust.model_card import save_model_card
 from hf_xladjust.tokenization import ensure_pad_token
-from hf_xladjust.trainers.adjust import AdjustTrainer, AdjustTrainingArguments, count_over_processes
+from hf_xladjust.trainers.adjust import (
+    AdjustTrainer,
+    AdjustTrainingArguments,
+    count_over_processes,
+    load_model_to_adjust,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +109,14 @@ def main():
                                                data_args.train_file, seed=training_args.seed, cache_dir=cache_dir)
     logger.info("Aligned pairs: %s", json.dumps(stats))
 
-    model = load_pretrained(AutoModel, model_args.model_name_or_path, "--model_name_or_path", config=config,
-                            **model_args.hub_kwargs())
-    # f0: a frozen copy, or with --lora_r the same weights with the adapters off; never saved. --freeze_layers.
+    # With the checkpoint's masked-LM / pretraining head if it has one (saved whole), unless --save_encoder_only
+    # or --lora_r (then the output is the encoder's adapter).
+    whole = load_model_to_adjust(model_args.model_name_or_path, config,
+                                 training_args.save_encoder_only or realign_args.enabled, **model_args.hub_kwargs())
+    # f0: a frozen copy of the bare encoder, or with --lora_r the same weights with the adapters off; never saved.
+    # --freeze_layers freezes layers of the encoder in place.
     need_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
-    model, original = prepare_model(model, realign_args, need_f0, loss_args.align_layer)
+    model, original = prepare_model(encoder_of(whole), realign_args, need_f0, loss_args.align_layer)
 
     max_length = min(data_args.align_max_length or tokenizer.model_max_length,
                      getattr(model.config, "max_position_embeddings", tokenizer.model_max_length))
@@ -121,6 +135,7 @@ def main():
         data_collator=AlignedPairCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         alignment_loss=build_alignment_loss(loss_args, realign_args, anchor_model=original),
+        model_to_save=None if realign_args.enabled else whole,
     )
 
     if trainer.is_world_process_zero():
@@ -129,7 +144,7 @@ def main():
         write_json(os.path.join(training_args.output_dir, "alignment_stats.json"), stats)
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()  # the adjusted encoder (with --lora_r: its adapter) + tokenizer
+    trainer.save_model()  # the adjusted model (with its head; with --lora_r the adapter) + tokenizer
     metrics = train_result.metrics
     metrics["train_samples"] = len(train_dataset)
     metrics["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -144,6 +159,7 @@ def main():
         for out_dir in out_dirs:  # merged/ traces back to its f0 as well
             write_run_args(out_dir, model=model_args, alignment=data_args,
                            loss=loss_args, training=training_args, realign=realign_args, threads=threads)
+    save_model_card(trainer)  # README.md: the Trainer's card + ours; --push_to_hub pushes the finished folder
 
 
 if __name__ == "__main__":

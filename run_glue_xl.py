@@ -63,6 +63,7 @@ from hf_xladjust.evaluation.transforms import (
     transform_scope,
 )
 from hf_xladjust.files import check_input_files
+from hf_xladjust.model_card import save_model_card
 from hf_xladjust.tasks.xnli import (
     LABELS,
     MIXED_LANGUAGE_SEED,
@@ -369,6 +370,7 @@ def main():
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
                        representation_transform=transform.describe(languages[1:]) if transform else None,
                        training=training_args, threads=threads)
+    save_model_card(trainer, tasks="text-classification", dataset=data_args.dataset_name or "XNLI")
 
 
 if __name__ == "__main__":

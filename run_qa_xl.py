@@ -52,6 +52,7 @@ from hf_xladjust.cli import (
     write_run_args,
 )
 from hf_xladjust.files import check_input_files
+from hf_xladjust.model_card import save_model_card
 from hf_xladjust.tasks.qa import (
     QASet,
     check_unique_names,
@@ -392,6 +393,7 @@ def main():
                        continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
                        training=training_args, threads=threads)
+    save_model_card(trainer, tasks="question-answering", dataset=data_args.dataset_name or "SQuAD")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from hf_xladjust.evaluation.transforms import (
     transform_input_files,
 )
 from hf_xladjust.files import InputPath, check_input_files, write_json, write_jsonl
+from hf_xladjust.model_card import save_model_card
 from hf_xladjust.tokenization import ensure_pad_token
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def main():
     for name, result in results.items():
         b = result.best_layer
         logger.info(f"  {name}: best layer {b}, MRR {result.mrr[b]:.4f}, acc@1 {result.acc1[b]:.4f}")
+    save_model_card(output_dir=xsr_args.output_dir, dataset="Tatoeba")  # README.md: what was evaluated, results
 
 
 if __name__ == "__main__":

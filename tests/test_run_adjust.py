@@ -259,6 +259,8 @@ def test_fast_align_defaults_to_the_symmetrisation_it_returns(tmp_path, tiny_mod
 def test_xx_en_file_with_target_lang_en_and_model_flags_in_process(tmp_path, tiny_model_dir, monkeypatch):
     """The paper's `es ||| en` file with `--target_lang en` alone puts English in `src`; --model_revision,
     --token and --trust_remote_code reach every from_pretrained; the statistics go through write_json."""
+    import transformers
+
     import run_adjust
     from hf_xladjust import files
 
@@ -267,7 +269,7 @@ def test_xx_en_file_with_target_lang_en_and_model_flags_in_process(tmp_path, tin
                       encoding="utf-8")
     calls, written = [], {}
     for name in ("AutoConfig", "AutoTokenizer", "AutoModel"):
-        cls = getattr(run_adjust, name)
+        cls = getattr(transformers, name)  # the classes themselves: the model loads in hf_xladjust.trainers.adjust
 
         def spy(*args, _name=name, _load=cls.from_pretrained, **kwargs):
             calls.append((_name, args[0], kwargs))

@@ -47,6 +47,7 @@ from hf_xladjust.alignment.pairs import (
     read_aligned_pairs,
 )
 from hf_xladjust.errors import InputError
+from hf_xladjust.evaluation.encoders import hf_model_and_tokenizer
 from hf_xladjust.files import write_json
 from hf_xladjust.sampling import subsample_indices
 from hf_xladjust.tokenization import require_fast
@@ -148,7 +149,8 @@ class WordDistanceEvaluator:
     """Distances between word vectors of related, unrelated and hard-control word pairs (Fig. 1).
 
     Called with a model (a bare encoder or a task model such as `BertForSequenceClassification`,
-    whose base encoder is used), it returns a dict of metrics:
+    whose base encoder is used, or a `SentenceTransformer`, whose transformer and tokenizer are used), it
+    returns a dict of metrics:
     `{related,unrelated,hard_control}_{mean,median,count}`, `related_unrelated_ratio`,
     `related_hard_control_ratio`, `auc_unrelated` and `auc_hard_control` (see `distance_auc`).
     The distances of the last call are kept in `self.distances` (kind -> numpy array), and the word
@@ -188,8 +190,10 @@ class WordDistanceEvaluator:
     @torch.no_grad()
     def word_vectors(self, model, tokenizer=None) -> Tuple[Dict[str, torch.Tensor], "_Encoded"]:
         """fp32 vectors of every slot of both sides ("src", "tgt"), concatenated in sentence order
-        (on the CPU), and the encoding that maps words to those rows."""
-        tokenizer = tokenizer or self.tokenizer
+        (on the CPU), and the encoding that maps words to those rows. `model` may be a `SentenceTransformer`:
+        its transformer is used, with its tokenizer unless `tokenizer` is given."""
+        model, own_tokenizer = hf_model_and_tokenizer(model)
+        tokenizer = tokenizer or own_tokenizer or self.tokenizer
         if tokenizer is None:
             raise ValueError("no tokenizer: pass one to the evaluator or to the call")
         enc = self._encode(tokenizer, model)

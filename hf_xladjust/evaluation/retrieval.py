@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from hf_xladjust.alignment.loss import encoder_of
 from hf_xladjust.errors import InputError
+from hf_xladjust.evaluation.encoders import hf_model_and_tokenizer
 from hf_xladjust.files import decode_line, read_lines
 
 logger = logging.getLogger(__name__)
@@ -305,8 +306,8 @@ class RetrievalResult:
 
 class SentenceRetrievalEvaluator:
     """Sentence retrieval over all layers, shaped as a sentence-transformers evaluator: constructed
-    with the data, called with a model (a bare encoder or a task model, whose base encoder is used)
-    and returns a dict of metrics.
+    with the data, called with a model (a bare encoder, a task model, whose base encoder is used, or a
+    `SentenceTransformer`, whose transformer and tokenizer are used) and returns a dict of metrics.
 
     `sources[i]` and `targets[i]` are translations. Direction `forward` takes the sources as queries
     and ranks all targets (Tatoeba xx->en, the paper's and the default); `reverse` the other way.
@@ -400,8 +401,10 @@ class SentenceRetrievalEvaluator:
 
     @torch.no_grad()
     def embed(self, model, tokenizer=None) -> torch.Tensor:
-        """fp32 sentence vectors (layers, sources + targets, hidden) on the model's device."""
-        tokenizer = tokenizer or self.tokenizer
+        """fp32 sentence vectors (layers, sources + targets, hidden) on the model's device. `model` may be a
+        `SentenceTransformer`: its transformer is used, with its tokenizer unless `tokenizer` is given."""
+        model, own_tokenizer = hf_model_and_tokenizer(model)
+        tokenizer = tokenizer or own_tokenizer or self.tokenizer
         if tokenizer is None:
             raise ValueError("no tokenizer: pass one to the evaluator or to the call")
         encoder = encoder_of(model)

@@ -1,16 +1,20 @@
 """Stage 1: `AdjustTrainer`, a Trainer whose loss is the alignment loss (Eq. 1), and its config."""
 import copy
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import TrainingArguments
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedModel, TrainingArguments
 
 from hf_xladjust.alignment.loss import AlignmentLoss
 from hf_xladjust.alignment.pairs import AlignedPairCollator
 from hf_xladjust.cli import OVERWRITE_HELP
 from hf_xladjust.compat import apply_warmup_ratio, ga_corrected_loss
 from hf_xladjust.trainers.base import MetricsLoggingTrainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,10 +46,42 @@ class AdjustTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log loss, align_loss and anchor_loss this often."})
     # Ours: transformers 5 dropped TrainingArguments.overwrite_output_dir (4.46 has it, unused by the Trainer).
     overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    save_encoder_only: bool = field(
+        default=False,
+        metadata={"help": "Save the bare adjusted encoder (AutoModel), dropping the checkpoint's pretraining head. "
+                          "By default a checkpoint whose config names a ...ForMaskedLM or ...ForPreTraining "
+                          "architecture is loaded with that head, its encoder adjusted, and saved whole, so "
+                          "pipeline('fill-mask') on --output_dir uses the checkpoint's own head (its decoder is "
+                          "tied to the adjusted input embeddings; the rest of the head is not trained). AutoModel "
+                          "and every AutoModelFor... load either folder."},
+    )
 
     def __post_init__(self):
         apply_warmup_ratio(self)  # transformers 5.x reads the ratio only as a float warmup_steps
         super().__post_init__()
+
+
+PRETRAINING_HEADS = (("ForPreTraining", AutoModelForPreTraining), ("ForMaskedLM", AutoModelForMaskedLM))
+
+
+def load_model_to_adjust(model_name_or_path: str, config, save_encoder_only: bool = False,
+                         **kwargs) -> PreTrainedModel:
+    """The model run_adjust.py saves: with its pretraining head when the checkpoint has one (its config's
+    `architectures` names a ...ForPreTraining or ...ForMaskedLM class and the head's weights are all there),
+    the bare encoder (`AutoModel`) otherwise or with `save_encoder_only`. Train `encoder_of(model)`."""
+    architectures = [] if save_encoder_only else (getattr(config, "architectures", None) or [])
+    for suffix, auto_class in PRETRAINING_HEADS:
+        if any(name.endswith(suffix) for name in architectures):
+            model, info = auto_class.from_pretrained(model_name_or_path, config=config, output_loading_info=True,
+                                                     **kwargs)
+            prefix = model.base_model_prefix + "."
+            missing = [k for k in info.get("missing_keys", ()) if not k.startswith(prefix)]
+            if not missing:
+                return model
+            logger.warning("%s names %s but lacks head weights (%s...): adjusting and saving the encoder only",
+                           model_name_or_path, architectures[0], missing[0])
+            break
+    return AutoModel.from_pretrained(model_name_or_path, config=config, **kwargs)
 
 
 def count_over_processes(trainer, count: int) -> float:
@@ -66,8 +102,12 @@ class AdjustTrainer(MetricsLoggingTrainer):
     # not divide, and compute_loss rescales the gradient itself, see hf_xladjust.compat).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, alignment_loss: Optional[AlignmentLoss] = None, **kwargs):
+    def __init__(self, *args, alignment_loss: Optional[AlignmentLoss] = None,
+                 model_to_save: Optional[PreTrainedModel] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The whole model (e.g. with its masked-LM head) whose encoder is `model`: what `save_model()` writes to
+        # output_dir. Checkpoints hold the trained encoder alone, so resuming loads into it as before.
+        self.model_to_save = model_to_save
         self.model_accepts_loss_kwargs = False
         # Defaults as run_adjust.py: f0 is a frozen copy of the model as it starts, batches are padded aligned pairs.
         if alignment_loss is None:
@@ -97,6 +137,21 @@ class AdjustTrainer(MetricsLoggingTrainer):
         if "loss" in logs:  # training logs (every process logs, so the sum is a collective all reach)
             logs["batches_without_links"] = count_over_processes(self, self.batches_without_links)
         super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        whole = self.model_to_save
+        final = os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)  # not a checkpoint
+        if whole is None or whole is self.model or not final:
+            return super()._save(output_dir, state_dict)
+        if state_dict is not None:  # gathered by FSDP/DeepSpeed: the encoder's, under the whole model's names
+            prefix = whole.base_model_prefix + "."
+            state_dict = {**whole.state_dict(), **{prefix + k: v for k, v in state_dict.items()}}
+        trained, self.model = self.model, whole
+        try:
+            return super()._save(output_dir, state_dict)
+        finally:
+            self.model = trained
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -5,12 +5,14 @@ import torch
 from transformers import Trainer
 
 from hf_xladjust.compat import rng_state_load_context
+from hf_xladjust.model_card import HubPushAtEnd
 
 
-class MetricsLoggingTrainer(Trainer):
+class MetricsLoggingTrainer(HubPushAtEnd, Trainer):
     """A `Trainer` that collects extra scalars during the step (`record_metric`) and merges their mean
     over the logging window and the processes into the next `log()` of the same mode (as TRL's
-    trainers do), so they reach the console, `trainer_state.json` and W&B next to `loss`."""
+    trainers do), so they reach the console, `trainer_state.json` and W&B next to `loss`. With `--push_to_hub`,
+    the push happens once everything is saved (`HubPushAtEnd`, `hf_xladjust.model_card.save_model_card`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
