@@ -10,7 +10,9 @@ save); the reusable parts live in `hf_xladjust`. Example:
 
 The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--english_side target`):
 English is the side the anchor term keeps near the original model. Several target languages in one
-run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags.
+run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags. A Hub
+dataset with a `translation` column instead of files (the same filters, sampling and alignment):
+`--parallel_dataset Helsinki-NLP/opus-100 --parallel_config en-es --target_lang es`.
 """
 import copy
 import json
@@ -67,8 +69,10 @@ def main():
         if data_args.parallel:
             pairs, stats = build_multilingual_pairs(data_args, seed=training_args.seed, cache_dir=cache_dir)
         else:
-            pairs, stats = build_aligned_pairs(data_args, data_args.source_file, data_args.target_file,
-                                               data_args.train_file, seed=training_args.seed, cache_dir=cache_dir)
+            pairs, stats = build_aligned_pairs(
+                data_args, data_args.source_file, data_args.target_file, data_args.train_file,
+                seed=training_args.seed, cache_dir=cache_dir,
+                dataset=data_args.translation_dataset(cache_dir=model_args.cache_dir, token=model_args.token))
     logger.info("Aligned pairs: %s", json.dumps(stats))
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,

@@ -521,7 +521,9 @@ def main():
 
     pairs, stats = build_aligned_pairs(data_args, data_args.source_file, data_args.target_file,
                                        data_args.train_file, seed=args.seed,
-                                       cache_dir=os.path.join(args.output_dir, "alignment_cache"))
+                                       cache_dir=os.path.join(args.output_dir, "alignment_cache"),
+                                       dataset=data_args.translation_dataset(cache_dir=model_args.cache_dir,
+                                                                             token=model_args.token))
     hub = model_args.hub_kwargs()
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
                                               use_fast=model_args.use_fast_tokenizer, **hub)
