@@ -130,7 +130,7 @@ class ContinualAlignArguments(ParallelDatasetArguments):
 
 def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments, tokenizer,
                        seed: int, cache_dir: Optional[str] = None,
-                       max_length: Optional[int] = None, **hub_kwargs) -> AlignedPairDataset:
+                       max_length: Optional[int] = None, hub_kwargs: Optional[Dict] = None) -> AlignedPairDataset:
     """The side pool: `--aligned_pairs` as is (sampled down to `max_sentences` if larger), or a
     parallel corpus (files or `--parallel_dataset`; `hub_kwargs` go to `datasets.load_dataset`)
     aligned and filtered as in run_adjust.py."""
@@ -145,7 +145,7 @@ def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentD
     else:
         pairs, stats = build_aligned_pairs(data_args, cont_args.align_source_file, cont_args.align_target_file,
                                            cont_args.align_train_file, seed=seed, cache_dir=cache_dir,
-                                           dataset=cont_args.translation_dataset(**hub_kwargs))
+                                           dataset=cont_args.translation_dataset(**(hub_kwargs or {})))
         logger.info("Continual alignment: aligned pairs %s", json.dumps(stats))
     max_length = max_length or data_args.align_max_length or tokenizer.model_max_length
     if data_args.align_max_length:
@@ -168,7 +168,7 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
                             "max_position_embeddings", None)
         max_length = min(data_args.align_max_length or tokenizer.model_max_length, positions or int(1e9))
     dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, alignment_cache_dir, max_length,
-                                 **{k: v for k, v in model_kwargs.items() if k in ("cache_dir", "token")})
+                                 {k: v for k, v in model_kwargs.items() if k in ("cache_dir", "token")})
     needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
     anchor = None
     if needs_f0:
