@@ -271,3 +271,48 @@ def test_run_ner_qa_xsr_from_the_hub_layout(hub_repos, tiny_model_dir, tmp_path,
         "ru", "--output_dir", xsr)
     got = results(xsr)
     assert 0 < got["xsr_es_mrr"] <= 1 and 0 < got["xsr_ru_mrr"] <= 1
+
+
+# --- the grid: a language's corpus from a translation dataset ----------------------------------------------
+
+def test_the_grid_takes_a_translation_dataset_as_a_languages_corpus(tmp_path, hub_repos, monkeypatch):
+    from test_experiments import argmap, base_config
+
+    from hf_xladjust.experiments.align import build_parser as align_parser
+    from hf_xladjust.experiments.config import parse_config
+    from hf_xladjust.experiments.plan import build_plan
+
+    opus = hub_repos["Helsinki-NLP/opus-100"]
+    cfg = base_config(tmp_path, seeds=[0])
+    cfg["parallel"]["es"] = {"dataset": opus, "config": "en-es"}
+    steps = {s.name: s for s in build_plan(parse_config(cfg, "g.yaml"))}
+    align = argmap(steps["align/es"])
+    assert (align["parallel_dataset"], align["parallel_config"], align["parallel_split"], align["target_lang"]) == (
+        [opus], ["en-es"], ["train"], ["es"])
+    align_parser().parse_args_into_dataclasses(steps["align/es"].args)  # the step's flags are the script's
+    adjust = argmap(steps["adjust/es/seed0"])
+    assert adjust["parallel_dataset"] == [opus] and adjust["aligner"] == ["pharaoh"] and "train_file" not in adjust
+    cont = argmap(steps["nli/original_cont/es/seed0"])  # continual: the same flags as run_adjust.py's
+    assert cont["parallel_dataset"] == [opus] and cont["alignment_file"] == adjust["alignment_file"]
+    assert "align_source_file" in argmap(steps["nli/original_cont/ru/seed0"])  # ru keeps its files
+
+    # the shared alignment of the dataset lines up with the rows run_adjust.py reads
+    from hf_xladjust.experiments import align as align_module
+
+    out = tmp_path / "aligned"
+    monkeypatch.setattr(sys, "argv", ["align", "--parallel_dataset", opus, "--parallel_config", "en-es",
+                                      "--target_lang", "es", "--output_dir", str(out)])
+    align_module.main()
+    links = (out / "alignment.pharaoh").read_text().splitlines()
+    assert len(links) == 12 and json.loads((out / "alignment_stats.json").read_text())["sentence_pairs"] == 12
+
+    for bad, message in ((dict(dataset=opus, train_file="x.txt"), "give train_file, source_file and target_file, "
+                          "or dataset"), (dict(config="en-es", train_file="x.txt"), "give train_file"),
+                         (dict(dataset="opus100"), "parallel.es.dataset 'opus100': a Hub dataset id is")):
+        cfg["parallel"]["es"] = bad
+        with pytest.raises(InputError, match=re.escape(message)):
+            parse_config(cfg, "g.yaml")
+    cfg["parallel"]["es"] = {"dataset": opus, "config": "en-es"}
+    cfg["regimes"] = ["original", "adjusted", "adjusted_multi"]
+    with pytest.raises(InputError, match="adjusted_multi passes --parallel es=FILES, which takes files"):
+        build_plan(parse_config(cfg, "g.yaml"))
