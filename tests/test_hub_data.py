@@ -316,3 +316,7 @@ def test_the_grid_takes_a_translation_dataset_as_a_languages_corpus(tmp_path, hu
     cfg["regimes"] = ["original", "adjusted", "adjusted_multi"]
     with pytest.raises(InputError, match="adjusted_multi passes --parallel es=FILES, which takes files"):
         build_plan(parse_config(cfg, "g.yaml"))
+    cfg["regimes"] = ["original", "adjusted"]
+    cfg["tasks"]["nli"]["args"]["parallel_dataset"] = opus  # the grid names each regime's corpus itself
+    with pytest.raises(InputError, match="tasks.nli.args: the grid sets parallel_dataset itself"):
+        build_plan(parse_config(cfg, "g.yaml"))

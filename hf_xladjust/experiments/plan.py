@@ -37,7 +37,8 @@ FINGERPRINT_VERSION = "hf_xladjust-grid-v1"
 # Arguments the grid sets itself; a config that sets them would silently break the grid's layout.
 GRID_ARGS = ("model_name_or_path", "output_dir", "seed", "aligned_pairs", "anchor_model_name_or_path",
              "resume_from_checkpoint", "align_train_file", "align_source_file", "align_target_file",
-             "parallel", "alignment_files", "representation_transform")
+             "parallel", "alignment_files", "representation_transform", "parallel_dataset", "parallel_config",
+             "parallel_split")
 ADJUST_OUTPUTS = ["config.json", "aligned_pairs.jsonl", "train_results.json"]
 TRANSFORM_OUTPUTS = ["representation_transform.pt", "run_args.json"]  # run_args.json: the fit's last write
 # The paper's batches per optimisation step, whatever the number of processes: 32 training examples

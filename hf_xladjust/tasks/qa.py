@@ -189,11 +189,15 @@ def examples_from_hub(dataset, source: str, require_answers: bool = False) -> Tu
     return examples, check_examples(examples, source, require_answers=require_answers)
 
 
-def load_qa_set(name: str, path: str, metric: str = "squad", lang: Optional[str] = None) -> QASet:
-    examples, labelled = read_squad_json(path)
+def _qa_set(name: str, examples: List[QAExample], labelled: bool, source: str, metric: str,
+            lang: Optional[str]) -> QASet:
     if not labelled:
-        logger.warning("%s: no gold answers in %s; predictions are written, no score is computed", name, path)
-    return QASet(name, examples, path, metric, lang, labelled)
+        logger.warning("%s: no gold answers in %s; predictions are written, no score is computed", name, source)
+    return QASet(name, examples, source, metric, lang, labelled)
+
+
+def load_qa_set(name: str, path: str, metric: str = "squad", lang: Optional[str] = None) -> QASet:
+    return _qa_set(name, *read_squad_json(path), path, metric, lang)
 
 
 # ---- the evaluation sets -------------------------------------------------------------------------
@@ -313,10 +317,8 @@ def hub_qa_set(name: str, dataset_name: str, config: str, split: str, metric: st
 
     dataset_name = canonical_dataset_id(dataset_name)
     source = f"{dataset_name}[{config}]:{split}"
-    examples, labelled = examples_from_hub(load_hub_split(dataset_name, config, split, **hub_kwargs), source)
-    if not labelled:
-        logger.warning("%s: no gold answers in %s; predictions are written, no score is computed", name, source)
-    return QASet(name, examples, source, metric, lang, labelled)
+    return _qa_set(name, *examples_from_hub(load_hub_split(dataset_name, config, split, **hub_kwargs), source),
+                   source, metric, lang)
 
 
 def xquad_hub_sets(dataset_name: str, languages: Sequence[str], cross_lingual: bool = True,
