@@ -320,3 +320,13 @@ def test_the_grid_takes_a_translation_dataset_as_a_languages_corpus(tmp_path, hu
     cfg["tasks"]["nli"]["args"]["parallel_dataset"] = opus  # the grid names each regime's corpus itself
     with pytest.raises(InputError, match="tasks.nli.args: the grid sets parallel_dataset itself"):
         build_plan(parse_config(cfg, "g.yaml"))
+
+
+def test_no_test_fakes_load_dataset():
+    """The Hub path is tested through the real `datasets.load_dataset` on local repositories, never a stand-in."""
+    fake = re.compile(r"setattr\(\s*datasets\s*,\s*[\"']load_dataset|load_dataset\s*=\s*(?!.*import)|"
+                      r"patch\(\s*[\"']datasets\.load_dataset")
+    offenders = [f"{p.name}:{n}" for p in sorted(Path(__file__).parent.glob("*.py")) if p.name != Path(__file__).name
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if fake.search(line)]
+    assert offenders == []
+    assert fake.search('monkeypatch.setattr(datasets, "load_dataset", fake)')
