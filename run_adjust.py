@@ -4,13 +4,15 @@
 Shaped like the HF `examples/pytorch/*/run_*.py` scripts (parse, log, seed, data, model, train,
 save); the reusable parts live in `hf_xladjust`. Example:
 
-    python run_adjust.py --model_name_or_path bert-base-multilingual-cased \\
+    python run_adjust.py --model_name_or_path google-bert/bert-base-multilingual-cased \\
         --source_file wiki.en --target_file wiki.es --source_lang en --target_lang es \\
         --output_dir out/adjusted-es
 
 The paper's `xx ||| en` files work as they are with `--target_lang en` (or `--english_side target`):
 English is the side the anchor term keeps near the original model. Several target languages in one
-run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags.
+run, as Cao et al.: `--parallel es=en-es.txt ru=wiki.en,wiki.ru` instead of the corpus flags. A Hub
+dataset with a `translation` column instead of files (the same filters, sampling and alignment):
+`--parallel_dataset Helsinki-NLP/opus-100 --parallel_config en-es --target_lang es`.
 
 Output: a checkpoint whose config names a ...ForMaskedLM or ...ForPreTraining architecture keeps that head:
 its encoder is adjusted and the whole model saved, so `pipeline("fill-mask")` works on --output_dir
@@ -105,8 +107,10 @@ def main():
         if data_args.parallel:
             pairs, stats = build_multilingual_pairs(data_args, seed=training_args.seed, cache_dir=cache_dir)
         else:
-            pairs, stats = build_aligned_pairs(data_args, data_args.source_file, data_args.target_file,
-                                               data_args.train_file, seed=training_args.seed, cache_dir=cache_dir)
+            pairs, stats = build_aligned_pairs(
+                data_args, data_args.source_file, data_args.target_file, data_args.train_file,
+                seed=training_args.seed, cache_dir=cache_dir,
+                dataset=data_args.translation_dataset(cache_dir=model_args.cache_dir, token=model_args.token))
     logger.info("Aligned pairs: %s", json.dumps(stats))
 
     # With the checkpoint's masked-LM / pretraining head if it has one (saved whole), unless --save_encoder_only

@@ -13,14 +13,14 @@ transforms the last hidden state of the non-English inputs before the head; on a
 tokens of the non-English segment (by the tokenizer's sequence ids). Examples:
 
     # Hub data
-    python run_glue_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name xnli \\
+    python run_glue_xl.py --model_name_or_path google-bert/bert-base-multilingual-cased --dataset_name facebook/xnli \\
         --do_train --do_predict --mixed_language_eval --output_dir out/xnli
 
     # local XTREME tsv files, continual alignment with Spanish
     python run_glue_xl.py --model_name_or_path out/adjusted-es --train_file train-en.tsv \\
         --test_file_pattern 'xnli/test-{lang}.tsv' --do_train --do_predict --mixed_language_eval \\
         --align_source_file wiki.en --align_target_file wiki.es --target_lang es \\
-        --anchor_model_name_or_path bert-base-multilingual-cased --output_dir out/xnli-cont
+        --anchor_model_name_or_path google-bert/bert-base-multilingual-cased --output_dir out/xnli-cont
 """
 import logging
 import os
@@ -92,7 +92,8 @@ class DataTrainingArguments:
     """Which NLI data to train and evaluate on, and how it is preprocessed."""
 
     dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset with one config per language (xnli); files take precedence."}
+        default=None, metadata={"help": "Hub dataset with one config per language (facebook/xnli); files take "
+                                        "precedence."}
     )
     train_language: str = field(default="en", metadata={"help": "Training language (Hub config); English."})
     eval_languages: List[str] = field(

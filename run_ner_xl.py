@@ -12,14 +12,19 @@ rotation or normalisation of `python -m hf_xladjust.evaluation.transforms`) tran
 every token of the non-English sets before the head. Examples:
 
     # Hub data
-    python run_ner_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name wikiann \\
-        --do_train --do_eval --do_predict --output_dir out/ner
+    python run_ner_xl.py --model_name_or_path google-bert/bert-base-multilingual-cased \\
+        --dataset_name unimelb-nlp/wikiann --do_train --do_eval --do_predict --output_dir out/ner
+
+    # XTREME's copy of WikiANN (PAN-X), with XTREME's splits
+    python run_ner_xl.py --model_name_or_path google-bert/bert-base-multilingual-cased \\
+        --dataset_name google/xtreme --dataset_config_pattern 'PAN-X.{lang}' --do_train --do_predict \\
+        --output_dir out/ner-panx
 
     # local XTREME tsv files, continual alignment with Spanish
     python run_ner_xl.py --model_name_or_path out/adjusted-es --train_file wikiann/train-en.tsv \\
         --validation_file_pattern 'wikiann/dev-{lang}.tsv' --do_train --do_eval \\
         --align_source_file wiki.en --align_target_file wiki.es --target_lang es \\
-        --anchor_model_name_or_path bert-base-multilingual-cased --output_dir out/ner-cont
+        --anchor_model_name_or_path google-bert/bert-base-multilingual-cased --output_dir out/ner-cont
 """
 import logging
 import os
@@ -91,7 +96,13 @@ class DataTrainingArguments:
     """Which NER data to train and evaluate on, and how it is preprocessed."""
 
     dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset with one config per language (wikiann); files take precedence."}
+        default=None, metadata={"help": "Hub dataset with one config per language (unimelb-nlp/wikiann, or "
+                                        "google/xtreme with --dataset_config_pattern 'PAN-X.{lang}'); files take "
+                                        "precedence."}
+    )
+    dataset_config_pattern: str = field(
+        default="{lang}", metadata={"help": "The Hub config of a language, '{lang}' its code: '{lang}' for "
+                                            "unimelb-nlp/wikiann, 'PAN-X.{lang}' for google/xtreme."}
     )
     train_language: str = field(default="en", metadata={"help": "Training language (Hub config); English."})
     eval_languages: List[str] = field(
@@ -221,7 +232,7 @@ def main():
             raise ValueError("--do_train needs --train_file or --dataset_name")
         train_examples, train_source = load_ner_examples(
             data_args.train_file, data_args.dataset_name, data_args.train_language, "train",
-            data_args.max_train_samples, label_names, **hub_kwargs)
+            data_args.max_train_samples, label_names, data_args.dataset_config_pattern, **hub_kwargs)
         if not is_labelled(train_examples):
             raise ValueError(f"the training set {train_source} has no tags")
 
@@ -237,7 +248,7 @@ def main():
             raise ValueError(f"--do_{'eval' if split == 'eval' else 'predict'} needs {flag} or --dataset_name")
         eval_sets[split] = {lang: load_ner_examples(pattern.format(lang=lang) if pattern else None,
                                                     data_args.dataset_name, lang, hub_split, max_samples,
-                                                    label_names, **hub_kwargs)
+                                                    label_names, data_args.dataset_config_pattern, **hub_kwargs)
                             for lang in languages}
 
     # Load the pretrained model

@@ -10,10 +10,14 @@ and MLQA EM/F1) and `hf_xladjust.trainers.qa` (upstream's QA evaluation loop on 
 `--do_eval` evaluates the validation sets (SQuAD dev, MLQA dev, `--eval_sets`), `--do_predict` the test
 sets (XQuAD, TyDi QA GoldP, MLQA test, `--test_sets`). Examples:
 
-    # Hub SQuAD, local XQuAD with both cross-lingual directions, MLQA dev and test, TyDi QA GoldP
-    python run_qa_xl.py --model_name_or_path bert-base-multilingual-cased --dataset_name squad \\
-        --xquad_dir xquad --mlqa_dir MLQA_V1 --tydiqa_dir tydiqa --do_train --do_eval --do_predict \\
-        --output_dir out/qa
+    # Hub SQuAD; XQuAD with both cross-lingual directions, MLQA dev and test, TyDi QA GoldP from google/xtreme
+    python run_qa_xl.py --model_name_or_path google-bert/bert-base-multilingual-cased \\
+        --dataset_name rajpurkar/squad --xquad_dataset google/xtreme --mlqa_dataset google/xtreme \\
+        --tydiqa_dataset google/xtreme --do_train --do_eval --do_predict --output_dir out/qa
+
+    # the same evaluation sets from local files
+    python run_qa_xl.py --model_name_or_path out/qa --xquad_dir xquad --mlqa_dir MLQA_V1 --tydiqa_dir tydiqa \\
+        --do_eval --do_predict --output_dir out/qa-eval
 
     # local SQuAD JSON, continual alignment with Spanish
     python run_qa_xl.py --model_name_or_path out/adjusted-es --train_file train-v1.1.json \\
@@ -26,7 +30,6 @@ import random
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import datasets
 from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -52,12 +55,14 @@ from hf_xladjust.cli import (
     write_run_args,
 )
 from hf_xladjust.files import check_input_files
+from hf_xladjust.hub_data import canonical_dataset_id, load_hub_split
 from hf_xladjust.model_card import save_model_card
 from hf_xladjust.tasks.qa import (
     QASet,
     check_unique_names,
     examples_from_hub,
     load_qa_set,
+    mlqa_hub_sets,
     mlqa_sets,
     named_sets,
     postprocess_qa_predictions,
@@ -65,9 +70,11 @@ from hf_xladjust.tasks.qa import (
     read_squad_json,
     score_set,
     train_features,
+    tydiqa_hub_sets,
     tydiqa_sets,
     validation_features,
     write_qa_predictions,
+    xquad_hub_sets,
     xquad_sets,
 )
 from hf_xladjust.tokenization import ensure_pad_token, require_fast
@@ -88,8 +95,8 @@ class DataTrainingArguments:
     """Which QA data to train and evaluate on, and how it is preprocessed and post-processed."""
 
     dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset in the `squad` layout (e.g. squad): its train split for "
-                                        "--do_train, its validation split (set `en`) for --do_eval."}
+        default=None, metadata={"help": "Hub dataset in the `squad` layout (e.g. rajpurkar/squad): its train split "
+                                        "for --do_train, its validation split (set `en`) for --do_eval."}
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Config of the Hub dataset."})
     train_file: Optional[str] = field(
@@ -123,6 +130,18 @@ class DataTrainingArguments:
     )
     tydiqa_dir: Optional[str] = field(
         default=None, metadata={"help": "Folder of tydiqa.goldp.{lang}.dev.json (XTREME): test sets tydiqa_X."}
+    )
+    xquad_dataset: Optional[str] = field(
+        default=None, metadata={"help": "Or: a Hub dataset with configs XQuAD.{lang} (google/xtreme): test sets "
+                                        "xquad_X and the cross-lingual ones, as --xquad_dir."}
+    )
+    mlqa_dataset: Optional[str] = field(
+        default=None, metadata={"help": "Or: a Hub dataset with configs MLQA.{context}.{question} (google/xtreme): "
+                                        "validation split with --do_eval, test with --do_predict, as --mlqa_dir."}
+    )
+    tydiqa_dataset: Optional[str] = field(
+        default=None, metadata={"help": "Or: a Hub dataset with the config tydiqa (google/xtreme; all languages in "
+                                        "one validation split, filtered by id): test sets tydiqa_X."}
     )
     cross_lingual_eval: bool = field(
         default=True,
@@ -212,11 +231,14 @@ def main():
 
     # Get the datasets: English training questions (SQuAD JSON or a Hub dataset in the `squad` layout);
     # validation and test sets, each a named QASet that knows how it is scored.
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    if data_args.dataset_name:
+        data_args.dataset_name = canonical_dataset_id(data_args.dataset_name)
+
     def hub_split(split, require_answers):
         config_name = data_args.dataset_config_name
         source = data_args.dataset_name + (f"[{config_name}]" if config_name else "")
-        dataset = datasets.load_dataset(data_args.dataset_name, config_name, split=split,
-                                        cache_dir=model_args.cache_dir, token=model_args.token)
+        dataset = load_hub_split(data_args.dataset_name, config_name, split, **hub_kwargs)
         return examples_from_hub(dataset, f"{source}:{split}", require_answers)
 
     train_examples = None
@@ -242,21 +264,32 @@ def main():
         sets += named_sets(data_args.eval_sets, "--eval_sets")
         if data_args.mlqa_dir:
             sets += mlqa_sets(data_args.mlqa_dir, "dev", languages, data_args.cross_lingual_eval)
+        if data_args.mlqa_dataset:
+            sets += mlqa_hub_sets(data_args.mlqa_dataset, "dev", languages, data_args.cross_lingual_eval,
+                                  **hub_kwargs)
         if not sets:
-            raise ValueError("--do_eval needs --validation_file, --dataset_name, --eval_sets or --mlqa_dir")
+            raise ValueError("--do_eval needs --validation_file, --dataset_name, --eval_sets, --mlqa_dir or "
+                             "--mlqa_dataset")
         eval_sets["eval"] = [s.head(data_args.max_eval_samples) for s in sets]
     if training_args.do_predict:
         sets = [load_qa_set("en", data_args.test_file)] if data_args.test_file else []
         sets += named_sets(data_args.test_sets, "--test_sets")
         if data_args.xquad_dir:
             sets += xquad_sets(data_args.xquad_dir, languages, data_args.cross_lingual_eval)
+        if data_args.xquad_dataset:
+            sets += xquad_hub_sets(data_args.xquad_dataset, languages, data_args.cross_lingual_eval, **hub_kwargs)
         if data_args.mlqa_dir:
             sets += mlqa_sets(data_args.mlqa_dir, "test", languages, data_args.cross_lingual_eval)
+        if data_args.mlqa_dataset:
+            sets += mlqa_hub_sets(data_args.mlqa_dataset, "test", languages, data_args.cross_lingual_eval,
+                                  **hub_kwargs)
         if data_args.tydiqa_dir:
             sets += tydiqa_sets(data_args.tydiqa_dir, languages)
+        if data_args.tydiqa_dataset:
+            sets += tydiqa_hub_sets(data_args.tydiqa_dataset, languages, **hub_kwargs)
         if not sets:
             raise ValueError("--do_predict found no test set: give --test_file, --test_sets, --xquad_dir, "
-                             "--mlqa_dir (with test files) or --tydiqa_dir")
+                             "--mlqa_dir (with test files), --tydiqa_dir or their *_dataset options")
         eval_sets["test"] = [s.head(data_args.max_predict_samples) for s in sets]
     for sets in eval_sets.values():
         check_unique_names(sets)

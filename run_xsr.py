@@ -12,7 +12,7 @@ Examples:
         --languages es ru vi hi --output_dir out/xsr
 
     # the Hub (XTREME's tatoeba.spa configs), both directions, bf16 on a GPU
-    python run_xsr.py --model_name_or_path bert-base-multilingual-cased --dataset_name google/xtreme \\
+    python run_xsr.py --model_name_or_path google-bert/bert-base-multilingual-cased --dataset_name google/xtreme \\
         --languages es --direction both --bf16 --output_dir out/xsr
 
     # any two line-parallel files

@@ -172,3 +172,12 @@ def paper_alignment_terms(model, f0, tokenizer, pairs, include_clssep=True, sub_
         if f0 is not None:
             anchor += torch.cat(anchor_diffs).pow(2).mean().item()
     return pull, anchor
+
+
+@pytest.fixture(scope="session")
+def hub_repos(tmp_path_factory):
+    """Every Hub id the toolkit documents (facebook/xnli, unimelb-nlp/wikiann, rajpurkar/squad, google/xtreme,
+    Helsinki-NLP/opus-100) -> a local repository laid out as the Hub serves it (tests/hub_repos.py)."""
+    from hub_repos import build_all
+
+    return build_all(tmp_path_factory.mktemp("hub"))

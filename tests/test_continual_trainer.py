@@ -332,6 +332,10 @@ def test_arguments_and_anchor_resolution(tiny_model_dir, tok, side, tmp_path):
         ContinualAlignArguments(align_source_file="a.en")
     with pytest.raises(ValueError):
         ContinualAlignArguments(align_train_file="x.txt", aligned_pairs="p.jsonl")
+    with pytest.raises(ValueError, match="give one of .*--parallel_dataset"):
+        ContinualAlignArguments(parallel_dataset="Helsinki-NLP/opus-100", aligned_pairs="p.jsonl")
+    hub = ContinualAlignArguments(parallel_dataset="Helsinki-NLP/opus-100", parallel_config="en-es")
+    assert hub.enabled and hub.translation_dataset(token=None).config == "en-es"
     adjusted = tmp_path / "adjusted"  # as run_adjust.py leaves it: a model folder plus run_args.json
     shutil.copytree(tiny_model_dir, adjusted)
     (adjusted / "run_args.json").write_text(json.dumps({"model": {"model_name_or_path": tiny_model_dir}}))

@@ -11,6 +11,7 @@ import datasets
 import numpy as np
 import pytest
 from conftest import FIXTURES, fixture_lines, free_port
+from hub_repos import ner_split, write_repo
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from hf_xladjust.errors import InputError
@@ -319,18 +320,14 @@ def test_run_ner_xl_end_to_end_defaults_and_hub(tmp_path, tiny_model_dir, monkey
     assert DataTrainingArguments().max_seq_length == 128
     assert NERTrainingArguments(output_dir=str(tmp_path / "x")).per_device_train_batch_size == 32
 
-    # the fine-tuned model again, without training, on the same sentences served as the Hub's `wikiann`
-    calls = []
-
-    def fake_load_dataset(name, language, split, **kwargs):
-        calls.append((name, language, split))
-        return hub_split(read_ner_tsv(str(NER / f"dev-{language}.tsv"), lang=language))
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # the fine-tuned model again, without training, on the same sentences in a local repository laid out as
+    # unimelb-nlp/wikiann (one config per language), read by the real load_dataset
+    repo = write_repo(tmp_path / "unimelb-nlp" / "wikiann",
+                      {lang: {"validation": ner_split(read_ner_tsv(str(NER / f"dev-{lang}.tsv"), lang=lang), lang)}
+                       for lang in ("en", "ru")})
     again = tmp_path / "again"
-    run_script(monkeypatch, "--model_name_or_path", out, "--dataset_name", "wikiann", "--eval_languages", "ru",
+    run_script(monkeypatch, "--model_name_or_path", out, "--dataset_name", repo, "--eval_languages", "ru",
                "--max_seq_length", "12", "--do_eval", "--max_eval_samples", "2", "--output_dir", again)
-    assert calls == [("wikiann", "en", "validation"), ("wikiann", "ru", "validation")]
     check_outputs(again, "eval", ["en", "ru"])
     for lang in ("en", "ru"):  # same model, same sentences: the same predictions
         first = [json.loads(ln)["pred"] for ln in (out / f"predictions_eval_{lang}.jsonl").read_text().splitlines()]

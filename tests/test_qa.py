@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_tiny_model, fixture_lines
+from hub_repos import qa_split, write_repo
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoTokenizer,
@@ -433,19 +434,17 @@ def test_run_qa_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     assert all(r["prediction"] in es[r["id"]].context for r in xl)
     assert (out / "model.safetensors").exists() and (out / "trainer_state.json").exists()
 
-    # the fine-tuned model again, prediction only, on SQuAD served by a faked Hub `load_dataset`
-    def fake_load_dataset(name, config, split, **kwargs):
-        assert (name, split) == ("squad", "validation")
-        return datasets.Dataset.from_dict(examples_to_columns(read_squad_json(str(QA / "train.json"))[0]))
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # the fine-tuned model again, prediction only, on the same questions in a local repository laid out as
+    # rajpurkar/squad (config plain_text), read by the real load_dataset
+    repo = write_repo(tmp_path / "rajpurkar" / "squad",
+                      {"plain_text": {"validation": qa_split(read_squad_json(str(QA / "train.json"))[0])}})
     import run_qa_xl
 
     scored = []  # the set is scored once: the predictions file reuses the metric step's per-question scores
     monkeypatch.setattr(run_qa_xl, "score_set", lambda qa_set, texts: scored.append(qa_set.name)
                         or score_set(qa_set, texts))
     again = tmp_path / "again"
-    run_script(monkeypatch, "--model_name_or_path", out, "--dataset_name", "squad", "--do_eval",
+    run_script(monkeypatch, "--model_name_or_path", out, "--dataset_name", repo, "--do_eval",
                "--max_eval_samples", "5", "--output_dir", again, *WINDOW)
     check_outputs(again, {"eval": ["en"]}, samples=5)
     assert scored == ["en"]

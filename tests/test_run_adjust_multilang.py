@@ -112,7 +112,12 @@ def test_proportional_budget_adds_up_on_random_sizes():
                                 "corpus by its other language"),
     (["--parallel", "es={es}", "es={es}"], "--parallel names es twice"),
     (["--parallel", "es={es}", "--source_file", "{es}"],
-     "--parallel replaces --source_file, --target_file and --train_file; give one or the other"),
+     "--parallel replaces --source_file, --target_file, --train_file and --parallel_dataset; give one or the other"),
+    (["--parallel", "es={es}", "--parallel_dataset", "Helsinki-NLP/opus-100"],
+     "--parallel replaces --source_file, --target_file, --train_file and --parallel_dataset; give one or the other"),
+    (["--train_file", "{es}", "--parallel_dataset", "Helsinki-NLP/opus-100", "--target_lang", "es"],
+     "give one of --train_file, --source_file with --target_file, or --parallel_dataset (or --parallel)"),
+    (["--source_file", "{es}", "--target_lang", "es"], "--source_file and --target_file go together"),
     (["--parallel", "es={es}", "--target_lang", "es"],
      "--parallel names each corpus's language; drop --source_lang/--target_lang (--english_side target for "
      "'xx ||| en' corpora)"),

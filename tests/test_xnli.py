@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 import pytest
 from conftest import fixture_lines
+from hub_repos import nli_split, write_repo
 from transformers import AutoConfig, BertConfig
 
 from hf_xladjust.errors import InputError
@@ -272,15 +273,13 @@ def test_run_glue_xl_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     run_args = json.loads((out / "run_args.json").read_text())
     assert run_args["mixed_language_seed"] == MIXED_LANGUAGE_SEED and run_args["continual"] is None
 
-    # the fine-tuned model evaluated again, without training, on a prefix of the same data served as
-    # the Hub's `xnli` (load_dataset faked: no network): the same mixed choices
-    def fake_load_dataset(name, language, split, **kwargs):
-        assert (name, split) == ("xnli", "test")
-        return hub_split(read_xnli_tsv(test_pattern.format(lang=language)))
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # the fine-tuned model evaluated again, without training, on a prefix of the same data in a local
+    # repository laid out as facebook/xnli (read by the real load_dataset): the same mixed choices
+    repo = write_repo(tmp_path / "facebook" / "xnli",
+                      {lang: {"test": nli_split(read_xnli_tsv(test_pattern.format(lang=lang)))}
+                       for lang in ("en", "es")})
     again = tmp_path / "again"
-    run_main(monkeypatch, "--model_name_or_path", out, "--dataset_name", "xnli", "--eval_languages", "es",
+    run_main(monkeypatch, "--model_name_or_path", out, "--dataset_name", repo, "--eval_languages", "es",
              "--mixed_language_eval", "--do_predict", "--max_predict_samples", "5", "--output_dir", again)
     check_outputs(again, {"test": ["en", "es", "mixed_es"]})
 

@@ -4,11 +4,11 @@ import json
 import sys
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import fixture_lines
+from hub_repos import tatoeba_split, write_repo
 from transformers import AutoModel, AutoTokenizer
 
 from hf_xladjust.errors import InputError
@@ -259,34 +259,28 @@ def test_empty_file(tmp_path):
     assert err.value.path == str(tmp_path / "a")
 
 
-def fake_hub(monkeypatch, calls, langs=("es", "ru"), n=12, drop_column=None, empty_at=None):
-    """`datasets.load_dataset` answering XTREME's Tatoeba configs (lines keep their newline, as there)."""
-    def load_dataset(name, config, split=None, **kwargs):
-        calls.append((name, config, split))
-        lang = {tatoeba_code(x): x for x in langs}[config.split(".")[1]]
-        src = [s + "\n" for s in fixture_lines(lang)[:n]]
+def tatoeba_repo(folder, langs=("es", "ru"), n=12, drop_column=None, empty_at=None):
+    """A local repository laid out as google/xtreme's Tatoeba configs (tatoeba.spa, ...; lines keep their
+    newline, as there), read by the real `datasets.load_dataset`."""
+    configs = {}
+    for lang in langs:
+        src = fixture_lines(lang)[:n]
         if empty_at is not None:
-            src[empty_at] = "\n"
-        columns = {"source_sentence": src, "target_sentence": [s + "\n" for s in fixture_lines("en")[:n]],
-                   "source_lang": [config.split(".")[1]] * n, "target_lang": ["eng"] * n}
-        columns.pop(drop_column, None)
-        return datasets.Dataset.from_dict(columns)
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+            src[empty_at] = ""
+        split = tatoeba_split(src, fixture_lines("en")[:n], tatoeba_code(lang))
+        configs[f"tatoeba.{tatoeba_code(lang)}"] = {"validation": split.remove_columns(drop_column) if drop_column
+                                                    else split}
+    return write_repo(folder, configs)
 
 
-def test_tatoeba_from_hub(monkeypatch):
-    calls = []
-    fake_hub(monkeypatch, calls)
-    pairs = tatoeba_from_hub("google/xtreme", "es")
-    assert calls == [("google/xtreme", "tatoeba.spa", "validation")]
+def test_tatoeba_from_hub(tmp_path):
+    pairs = tatoeba_from_hub(tatoeba_repo(tmp_path / "google" / "xtreme"), "es")
     assert pairs.sources == fixture_lines("es") and pairs.targets == fixture_lines("en")
-    fake_hub(monkeypatch, calls, drop_column="target_sentence")
+    assert pairs.source.endswith("[tatoeba.spa]:validation/source_sentence")
     with pytest.raises(InputError, match="no column 'target_sentence'"):
-        tatoeba_from_hub("google/xtreme", "es")
-    fake_hub(monkeypatch, calls, empty_at=4)
+        tatoeba_from_hub(tatoeba_repo(tmp_path / "dropped", drop_column="target_sentence"), "es")
     with pytest.raises(InputError, match="empty source sentence") as err:
-        tatoeba_from_hub("google/xtreme", "ru")
+        tatoeba_from_hub(tatoeba_repo(tmp_path / "empty", empty_at=4), "ru")
     assert err.value.line == 5 and "tatoeba.rus" in err.value.path
 
 
@@ -332,12 +326,9 @@ def test_run_xsr_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     assert run_args["sources"]["es"][0].endswith("tatoeba.spa-eng.spa")
 
     # the same pairs from the Hub and from two plain files give the same numbers
-    calls = []
-    fake_hub(monkeypatch, calls)
     hub = tmp_path / "hub"
-    run_xsr(monkeypatch, "--model_name_or_path", tiny_model_dir, "--dataset_name", "google/xtreme",
-            "--languages", "es", "--output_dir", hub)
-    assert calls == [("google/xtreme", "tatoeba.spa", "validation")]
+    run_xsr(monkeypatch, "--model_name_or_path", tiny_model_dir, "--dataset_name",
+            tatoeba_repo(tmp_path / "google" / "xtreme"), "--languages", "es", "--output_dir", hub)
     files = tmp_path / "files"
     run_xsr(monkeypatch, "--model_name_or_path", tiny_model_dir, "--source_file", folder / "tatoeba.spa-eng.spa",
             "--target_file", folder / "tatoeba.spa-eng.eng", "--source_lang", "es", "--output_dir", files)

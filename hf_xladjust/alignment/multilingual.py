@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from hf_xladjust.alignment.pairs import AlignedPair, AlignmentDataArguments, alignable_indices, build_aligned_pairs
+from hf_xladjust.alignment.parallel import ParallelDatasetArguments
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import InputPath
 
@@ -81,9 +82,10 @@ def proportional_budget(sizes: Sequence[int], budget: int) -> List[int]:
 
 
 @dataclass
-class AdjustDataArguments(AlignmentDataArguments):
-    """run_adjust.py's corpora: one (`--source_file/--target_file` or `--train_file`) or one per language
-    (`--parallel`), plus the options every corpus shares (`AlignmentDataArguments`)."""
+class AdjustDataArguments(AlignmentDataArguments, ParallelDatasetArguments):
+    """run_adjust.py's corpora: one (`--source_file/--target_file`, `--train_file` or a Hub dataset with a
+    `translation` column, `--parallel_dataset`) or one per language (`--parallel`), plus the options every
+    corpus shares (`AlignmentDataArguments`)."""
 
     source_file: Optional[str] = field(default=None, metadata={"help": "Source-language side, one sentence a line."})
     target_file: Optional[str] = field(default=None, metadata={"help": "Target-language side, line-aligned."})
@@ -107,9 +109,9 @@ class AdjustDataArguments(AlignmentDataArguments):
     def __post_init__(self):
         self.corpora: List[LanguageCorpus] = []
         if self.parallel:
-            if self.source_file or self.target_file or self.train_file:
-                raise ValueError("--parallel replaces --source_file, --target_file and --train_file; give one or "
-                                 "the other")
+            if self.source_file or self.target_file or self.train_file or self.parallel_dataset:
+                raise ValueError("--parallel replaces --source_file, --target_file, --train_file and "
+                                 "--parallel_dataset; give one or the other")
             if self.source_lang or self.target_lang:
                 raise ValueError("--parallel names each corpus's language; drop --source_lang/--target_lang "
                                  "(--english_side target for 'xx ||| en' corpora)")
@@ -128,9 +130,11 @@ class AdjustDataArguments(AlignmentDataArguments):
         else:
             if self.alignment_files or self.sample_proportionally:
                 raise ValueError("--alignment_files and --sample_proportionally go with --parallel")
-            if bool(self.train_file) == bool(self.source_file or self.target_file):
-                raise ValueError("give either --train_file or both --source_file and --target_file (or --parallel)")
-            if not self.train_file and not (self.source_file and self.target_file):
+            if sum([bool(self.train_file), bool(self.source_file or self.target_file),
+                    bool(self.parallel_dataset)]) != 1:
+                raise ValueError("give one of --train_file, --source_file with --target_file, or --parallel_dataset "
+                                 "(or --parallel)")
+            if bool(self.source_file) != bool(self.target_file):
                 raise ValueError("--source_file and --target_file go together")
         super().__post_init__()
 

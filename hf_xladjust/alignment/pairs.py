@@ -156,9 +156,10 @@ def alignable_indices(corpus, max_words: Optional[int]) -> List[int]:
 
 
 def build_aligned_pairs(args: Optional[AlignmentDataArguments] = None, source_file=None, target_file=None,
-                        train_file=None, seed: int = 42,
-                        cache_dir: Optional[str] = None) -> Tuple[List[AlignedPair], Dict]:
-    """Read a parallel corpus, drop pairs over `max_words` words from the whole corpus, sample
+                        train_file=None, seed: int = 42, cache_dir: Optional[str] = None,
+                        dataset=None) -> Tuple[List[AlignedPair], Dict]:
+    """Read a parallel corpus (files, or `dataset`, a `TranslationDataset`, read in the languages
+    --source_lang/--target_lang name), drop pairs over `max_words` words from the whole corpus, sample
     `max_sentences` of the rest, word-align them (or read --alignment_file) and filter the links: the
     order of the paper's code. The returned pairs have English as `src` (see `english_side`).
     `args` None: `AlignmentDataArguments()`, the scripts' defaults."""
@@ -166,7 +167,10 @@ def build_aligned_pairs(args: Optional[AlignmentDataArguments] = None, source_fi
     from hf_xladjust.alignment.aligners import align_corpus
     from hf_xladjust.alignment.parallel import read_parallel, sample_corpus
 
-    corpus = read_parallel(source_file, target_file, train_file, skip_bad_lines=args.skip_bad_lines)
+    if dataset is not None:
+        corpus = dataset.read(args.source_lang, args.target_lang, skip_bad_lines=args.skip_bad_lines)
+    else:
+        corpus = read_parallel(source_file, target_file, train_file, skip_bad_lines=args.skip_bad_lines)
     short = alignable_indices(corpus, args.max_words)
     too_long = len(corpus) - len(short)
     if not short:

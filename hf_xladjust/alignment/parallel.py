@@ -180,3 +180,107 @@ def sample_corpus(corpus: ParallelCorpus, max_sentences: Optional[int], seed: in
     indices = subsample_indices(len(corpus), max_sentences, seed)
     logger.info("sampled %d of %d sentence pairs (seed %d)", max_sentences, len(corpus), seed)
     return corpus.subset(indices)
+
+
+# ----------------------------------------------------------------------------- Hub translation datasets
+@dataclass
+class TranslationDataset:
+    """A parallel corpus on the Hub (or a local folder laid out as one): a split of a dataset whose
+    `translation` column maps language codes to sentences, as Helsinki-NLP/opus-100 (config `en-es`,
+    splits train/validation/test, `translation` {en, es}: https://huggingface.co/datasets/Helsinki-NLP/opus-100,
+    tree/main/en-es). `hub_kwargs` (cache_dir, token) go to `datasets.load_dataset`."""
+
+    name: str
+    config: Optional[str] = None
+    split: str = "train"
+    hub_kwargs: Dict = field(default_factory=dict)
+
+    def read(self, source_lang: Optional[str] = None, target_lang: Optional[str] = None, *,
+             skip_bad_lines: bool = False) -> ParallelCorpus:
+        return read_translation_dataset(self.name, self.config, self.split, source_lang, target_lang,
+                                        skip_bad_lines=skip_bad_lines, **self.hub_kwargs)
+
+
+def translation_sides(languages: List[str], source_lang: Optional[str], target_lang: Optional[str],
+                      where: str) -> Tuple[str, str]:
+    """Which of a translation column's languages is the source side and which the target: the ones
+    named, else English as the source (or the side that --target_lang en leaves) and the other one."""
+    source = source_lang or ("en" if target_lang != "en" else None)
+    if source is None or target_lang is None:
+        others = [lang for lang in languages if lang not in (source, target_lang)]
+        if len(others) != 1:
+            raise InputError(f"the translation column has languages {', '.join(languages)}: say which pair with "
+                             "--source_lang and --target_lang", where)
+        source, target_lang = (source, others[0]) if source else (others[0], target_lang)
+    for side, lang in (("source", source), ("target", target_lang)):
+        if lang not in languages:
+            raise InputError(f"no {side} language {lang!r} in the translation column (it has "
+                             f"{', '.join(languages)})", where)
+    return source, target_lang
+
+
+def read_translation_dataset(name: str, config: Optional[str] = None, split: str = "train",
+                             source_lang: Optional[str] = None, target_lang: Optional[str] = None, *,
+                             skip_bad_lines: bool = False, **hub_kwargs) -> ParallelCorpus:
+    """Read the `translation` column of a Hub dataset split into the sentence pairs `read_parallel`
+    returns for files: each side split on whitespace, row k as "line" k + 1 (what --alignment_file lines
+    and error messages count), an empty side an error or, with `skip_bad_lines`, skipped and counted."""
+    from hf_xladjust.hub_data import canonical_dataset_id, load_hub_split
+
+    name = canonical_dataset_id(name, "--parallel_dataset")
+    where = f"{name}[{config}]:{split}" if config else f"{name}:{split}"
+    data = load_hub_split(name, config, split, option="--parallel_dataset", **hub_kwargs)
+    if "translation" not in data.column_names:
+        raise InputError(f"no 'translation' column (columns: {', '.join(data.column_names)})", where)
+    feature = data.features["translation"]  # a Translation feature, or a struct of one string per language
+    languages = list(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
+    source, target = translation_sides(languages, source_lang, target_lang, where)
+    flat = data.select_columns(["translation"]).flatten()
+    source_path, target_path = f"{where} translation.{source}", f"{where} translation.{target}"
+    src, tgt, line_numbers = [], [], []
+    skipped: Counter = Counter()
+    first = None
+    for k, (s, t) in enumerate(zip(flat[f"translation.{source}"], flat[f"translation.{target}"]), start=1):
+        s, t = (s or "").split(), (t or "").split()
+        if not s or not t:
+            error = InputError(f"empty {'source' if not s else 'target'} sentence (row {k})",
+                               source_path if not s else target_path)
+            if not skip_bad_lines:
+                raise error
+            skipped[EMPTY_SIDE] += 1
+            first = first or str(error)
+            continue
+        src.append(s)
+        tgt.append(t)
+        line_numbers.append(k)
+    if skipped:
+        logger.warning("skipped %d bad row(s) of %s: %s (first: %s)", sum(skipped.values()), where, dict(skipped),
+                       first)
+    if not src:
+        raise InputError(f"no sentence pairs ({sum(skipped.values())} bad row(s) skipped)", where)
+    logger.info("read %d sentence pairs (%s -> %s) from %s", len(src), source, target, where)
+    return ParallelCorpus(src, tgt, line_numbers, source_path, target_path, dict(skipped))
+
+
+@dataclass
+class ParallelDatasetArguments:
+    """A parallel corpus from a Hub dataset with a `translation` column instead of files; shared by
+    run_adjust.py (`AdjustDataArguments`) and the continual mode (`ContinualAlignArguments`)."""
+
+    parallel_dataset: Optional[str] = field(
+        default=None,
+        metadata={"help": "Or: a Hub dataset (namespace/name, or a local folder laid out as one) with a 'translation' "
+                          "column, e.g. Helsinki-NLP/opus-100; read into the same sentence pairs as the files (same "
+                          "filters, sampling and alignment). --source_lang/--target_lang pick its two languages "
+                          "(default: English and the other one)."},
+    )
+    parallel_config: Optional[str] = field(
+        default=None, metadata={"help": "Config of --parallel_dataset (e.g. en-es for Helsinki-NLP/opus-100)."}
+    )
+    parallel_split: str = field(default="train", metadata={"help": "Split of --parallel_dataset."})
+
+    def translation_dataset(self, **hub_kwargs) -> Optional[TranslationDataset]:
+        """The dataset named by these options (None when none is)."""
+        if not self.parallel_dataset:
+            return None
+        return TranslationDataset(self.parallel_dataset, self.parallel_config, self.parallel_split, hub_kwargs)

@@ -142,11 +142,14 @@ def tatoeba_from_hub(dataset_name: str, lang: str, config_pattern: str = "tatoeb
     `target_sentence` in English, as the paper's code reads it); `{lang}` and `{lang3}` in
     `config_pattern` are the two- and three-letter codes (e.g. `{lang3}-eng` for
     `mteb/tatoeba-bitext-mining`, with split `test` and columns `sentence1`/`sentence2`)."""
-    import datasets
+    # google/xtreme tatoeba.{lang3}: split validation, source_sentence (the language), target_sentence (English):
+    # https://huggingface.co/datasets/google/xtreme
+    from hf_xladjust.hub_data import canonical_dataset_id, load_hub_split
 
+    dataset_name = canonical_dataset_id(dataset_name)
     config = config_pattern.format(lang=lang, lang3=tatoeba_code(lang))
     where = f"{dataset_name}[{config}]:{split}"
-    data = datasets.load_dataset(dataset_name, config, split=split, **hub_kwargs)
+    data = load_hub_split(dataset_name, config, split, **hub_kwargs)
     for column in (source_column, target_column):
         if column not in data.column_names:
             raise InputError(f"no column {column!r} (columns: {', '.join(data.column_names)})", where)

@@ -554,7 +554,9 @@ def main():
                                 **hub)  # before the alignment: a bad path fails in seconds
     pairs, stats = build_aligned_pairs(data_args, data_args.source_file, data_args.target_file,
                                        data_args.train_file, seed=args.seed,
-                                       cache_dir=os.path.join(args.output_dir, "alignment_cache"))
+                                       cache_dir=os.path.join(args.output_dir, "alignment_cache"),
+                                       dataset=data_args.translation_dataset(cache_dir=model_args.cache_dir,
+                                                                             token=model_args.token))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = set_cpu_threads(device.type)
     model = load_pretrained(AutoModel, model_args.model_name_or_path, "--model_name_or_path", **hub).to(device)

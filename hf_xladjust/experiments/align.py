@@ -5,6 +5,8 @@ then samples its sentences from this one alignment, so the runs of a language di
 seed (eflomal has no seed of its own) and a rerun reproduces the first run.
 
     python -m hf_xladjust.experiments.align --train_file en-es.txt --output_dir out/align/es
+    python -m hf_xladjust.experiments.align --parallel_dataset Helsinki-NLP/opus-100 --parallel_config en-es \
+        --target_lang es --output_dir out/align/es
 """
 import logging
 import os
@@ -17,7 +19,7 @@ from transformers import HfArgumentParser
 
 from hf_xladjust.alignment.aligners import align_corpus, write_pharaoh
 from hf_xladjust.alignment.multilingual import adjust_input_files
-from hf_xladjust.alignment.parallel import read_parallel
+from hf_xladjust.alignment.parallel import ParallelDatasetArguments, read_parallel
 from hf_xladjust.cli import run_main, write_run_args
 from hf_xladjust.files import check_input_files, write_json
 
@@ -38,13 +40,20 @@ class AlignArguments:
         default=False, metadata={"help": "Skip empty/undecodable lines, as run_adjust.py --skip_bad_lines does "
                                          "(the two must agree, or the lines no longer match)."}
     )
+    source_lang: Optional[str] = field(
+        default=None, metadata={"help": "With --parallel_dataset: the source side's language, as run_adjust.py's."}
+    )
+    target_lang: Optional[str] = field(
+        default=None, metadata={"help": "With --parallel_dataset: the target side's language, as run_adjust.py's."}
+    )
 
 
 def build_parser() -> HfArgumentParser:
     """The step's arguments; the grid's dry run checks each step's flags against it."""
     from hf_xladjust.cli import script_parser
 
-    return script_parser(AlignArguments, __doc__.replace("\n\n    python", " Example:\n\n    python", 1),
+    return script_parser((AlignArguments, ParallelDatasetArguments),
+                         __doc__.replace("\n\n    python", " Example:\n\n    python", 1),
                          prog="python -m hf_xladjust.experiments.align")
 
 
@@ -54,12 +63,17 @@ def input_files(args):
 
 
 def main():
-    (args,) = build_parser().parse_args_into_dataclasses()
+    args, hub_data = build_parser().parse_args_into_dataclasses()
     check_input_files(input_files(args))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
     start = time.time()
-    corpus = read_parallel(args.source_file, args.target_file, args.train_file, skip_bad_lines=args.skip_bad_lines)
+    dataset = hub_data.translation_dataset()
+    if dataset is not None:  # one row a "line", in the languages run_adjust.py reads it in
+        corpus = dataset.read(args.source_lang, args.target_lang, skip_bad_lines=args.skip_bad_lines)
+    else:
+        corpus = read_parallel(args.source_file, args.target_file, args.train_file,
+                               skip_bad_lines=args.skip_bad_lines)
     symmetrization = args.symmetrization or ("grow-diag-final-and" if args.aligner == "fast_align" else "intersect")
     links = align_corpus(corpus.src, corpus.tgt, args.aligner, symmetrization)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -68,7 +82,7 @@ def main():
              "symmetrization": symmetrization, "lines_skipped": dict(corpus.skipped),
              "seconds": round(time.time() - start, 2)}
     write_json(os.path.join(args.output_dir, "alignment_stats.json"), stats)
-    write_run_args(args.output_dir, align=args)
+    write_run_args(args.output_dir, align=args, parallel_dataset=hub_data)
     logger.info("aligned %d sentence pairs (%d links) in %.1f s", stats["sentence_pairs"], stats["links"],
                 stats["seconds"])
 

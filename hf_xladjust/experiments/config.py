@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 from hf_xladjust.errors import InputError
+from hf_xladjust.hub_data import canonical_dataset_id
 from hf_xladjust.tasks.xnli import MIXED_LANGUAGE_SEED
 
 REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_cont", "rotation", "normalized")
@@ -58,13 +59,22 @@ class Resources:
 
 @dataclass
 class ParallelData:
-    """The parallel corpus of one language: `en ||| xx` lines or two line-aligned files."""
+    """The parallel corpus of one language: `en ||| xx` lines, two line-aligned files, or a Hub dataset
+    with a `translation` column (`dataset`, `config`, `split`; e.g. Helsinki-NLP/opus-100, en-es, train)."""
 
     train_file: Optional[str] = None
     source_file: Optional[str] = None
     target_file: Optional[str] = None
+    dataset: Optional[str] = None
+    config: Optional[str] = None
+    split: str = "train"
 
     def args(self, prefix: str = "") -> Dict[str, str]:
+        """The scripts' corpus arguments; `prefix` ("align_") names the files of the continual mode, whose
+        dataset options are the same `--parallel_dataset/--parallel_config/--parallel_split` as run_adjust.py's."""
+        if self.dataset:
+            return {"parallel_dataset": self.dataset, **({"parallel_config": self.config} if self.config else {}),
+                    "parallel_split": self.split}
         if self.train_file:
             return {f"{prefix}train_file": self.train_file}
         return {f"{prefix}source_file": self.source_file, f"{prefix}target_file": self.target_file}
@@ -279,7 +289,7 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         raise InputError("tasks: a list of task names or a mapping name -> settings", path)
     parallel = data.pop("parallel", {}) or {}
     if not isinstance(parallel, dict):
-        raise InputError("parallel: a mapping language -> {train_file | source_file + target_file}", path)
+        raise InputError("parallel: a mapping language -> {train_file | source_file + target_file | dataset}", path)
     cfg = _build(GridConfig, {**data, "tasks": {}, "parallel": {}}, path, "")
     cfg.source = path
     for regime in cfg.regimes:
@@ -314,9 +324,13 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         if isinstance(spec, str):
             spec = {"train_file": spec}
         data_cfg = _build(ParallelData, spec, path, f"parallel.{lang}")
-        if bool(data_cfg.train_file) == bool(data_cfg.source_file or data_cfg.target_file) or (
-                not data_cfg.train_file and not (data_cfg.source_file and data_cfg.target_file)):
-            raise InputError(f"parallel.{lang}: give train_file, or source_file and target_file", path)
+        given = [bool(data_cfg.train_file), bool(data_cfg.source_file or data_cfg.target_file), bool(data_cfg.dataset)]
+        if sum(given) != 1 or bool(data_cfg.source_file) != bool(data_cfg.target_file) or (
+                (data_cfg.config or data_cfg.split != "train") and not data_cfg.dataset):
+            raise InputError(f"parallel.{lang}: give train_file, source_file and target_file, or dataset (with "
+                             "config and split)", path)
+        if data_cfg.dataset:
+            data_cfg.dataset = canonical_dataset_id(data_cfg.dataset, f"parallel.{lang}.dataset")
         cfg.parallel[lang] = data_cfg
 
     for regime, value in cfg.adjust.regime_resources.items():

@@ -31,12 +31,14 @@ from hf_xladjust.experiments.config import (
     regime_size,
     sized_regime,
 )
+from hf_xladjust.hub_data import canonical_dataset_id
 
 FINGERPRINT_VERSION = "hf_xladjust-grid-v1"
 # Arguments the grid sets itself; a config that sets them would silently break the grid's layout.
 GRID_ARGS = ("model_name_or_path", "output_dir", "seed", "aligned_pairs", "anchor_model_name_or_path",
              "resume_from_checkpoint", "align_train_file", "align_source_file", "align_target_file",
-             "parallel", "alignment_files", "representation_transform")
+             "parallel", "alignment_files", "representation_transform", "parallel_dataset", "parallel_config",
+             "parallel_split")
 ADJUST_OUTPUTS = ["config.json", "aligned_pairs.jsonl", "train_results.json"]
 TRANSFORM_OUTPUTS = ["representation_transform.pt", "run_args.json"]  # run_args.json: the fit's last write
 # The paper's batches per optimisation step, whatever the number of processes: 32 training examples
@@ -251,6 +253,9 @@ def _multi_args(cfg: GridConfig, alignment_file: Dict[str, str], source: str) ->
                          "corpora)", source)
     specs = []
     for lang in cfg.languages:
+        if cfg.parallel[lang].dataset:
+            raise InputError(f"parallel.{lang}: adjusted_multi passes --parallel {lang}=FILES, which takes files, "
+                             f"not a Hub dataset ({cfg.parallel[lang].dataset})", source)
         files = [f for f in cfg.parallel[lang].args().values()]
         if any("," in f for f in files):
             raise InputError(f"parallel.{lang}: adjusted_multi passes --parallel {lang}=SOURCE,TARGET, which "
@@ -262,6 +267,20 @@ def _multi_args(cfg: GridConfig, alignment_file: Dict[str, str], source: str) ->
     else:
         args.update(aligner=cfg.alignment.aligner, symmetrization=cfg.alignment.symmetrization)
     return args
+
+
+def _dataset_sides(pair_args: Dict[str, Any], lang: str) -> Dict[str, Any]:
+    """The languages a translation dataset's two sides are read in, as `alignment_args` passes them on."""
+    return {"source_lang": pair_args.get("source_lang"), "target_lang": pair_args.get("target_lang", lang)}
+
+
+def _canonical_ids(args: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """The Hub dataset ids of a step's arguments (`dataset_name`, `*_dataset`) as namespace/name: a legacy
+    short name is mapped (with one log line), anything else refused, so that no step is planned with an id
+    today's `datasets` refuses."""
+    return {key: canonical_dataset_id(value, f"{where}: {key}")
+            if (key == "dataset_name" or key.endswith("_dataset")) and isinstance(value, str) else value
+            for key, value in args.items()}
 
 
 def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
@@ -293,6 +312,8 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                 continue
             args = {**cfg.parallel[lang].args(), "aligner": cfg.alignment.aligner,
                     "symmetrization": cfg.alignment.symmetrization, "output_dir": out("align", lang)}
+            if cfg.parallel[lang].dataset:  # its sides in the order run_adjust.py reads them (English first)
+                args.update(_dataset_sides(cfg.alignment.args, lang))
             if cfg.alignment.args.get("skip_bad_lines"):
                 args["skip_bad_lines"] = True
             step = Step(name=f"align/{lang}", kind="align", output_dir=out("align", lang),
@@ -416,6 +437,7 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                     args.update(_fill(cfg.common_args, values, "common_args", src) if task.trains else {})
                     args.update(_fill(task.args, values, f"{where}.args", src))
                     args.update(_fill(task.args_for(regime), values, f"{where}.regime_args", src))
+                    args = _canonical_ids(args, where)
                     resources = task.resources_for(regime)
                     if task.trains and not transform:
                         args.update(_paper_batches(args, resources, regime.endswith("_cont"),

@@ -14,10 +14,11 @@ import numpy as np
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import read_text_lines, write_jsonl
+from hf_xladjust.hub_data import canonical_dataset_id, load_hub_split
 from hf_xladjust.tasks.labels import match_model_labels
 from hf_xladjust.tokenization import tokenize_running_text
 
-# The tags of the Hub's `wikiann` dataset, in its ClassLabel order.
+# The tags of unimelb-nlp/wikiann (and of google/xtreme's PAN-X), in their ClassLabel order.
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 OUTSIDE = "O"
 _LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:-[A-Za-z]+)?):(?=.)")
@@ -107,7 +108,7 @@ def _strip_language_prefix(examples: List[NERExample], path: str, lang: Optional
 
 def examples_from_hub(dataset, source: str, label_names: Sequence[str] = LABELS) -> List[NERExample]:
     """Sentences of one split of a Hub NER dataset with `tokens` and `ner_tags` (a sequence of
-    ClassLabel, as `wikiann`, or of tag strings); tags are translated by name. `source` names the
+    ClassLabel, as unimelb-nlp/wikiann, or of tag strings); tags are translated by name. `source` names the
     split in error messages."""
     missing = {"tokens", "ner_tags"} - set(dataset.column_names)
     if missing:
@@ -143,18 +144,21 @@ def examples_from_hub(dataset, source: str, label_names: Sequence[str] = LABELS)
 def load_ner_examples(file: Optional[str] = None, dataset_name: Optional[str] = None,
                       language: Optional[str] = None, split: Optional[str] = None,
                       max_samples: Optional[int] = None, label_names: Sequence[str] = LABELS,
-                      **hub_kwargs) -> Tuple[List[NERExample], str]:
+                      config_pattern: str = "{lang}", **hub_kwargs) -> Tuple[List[NERExample], str]:
     """Sentences of one language and split, from an XTREME tsv `file` or else from the Hub dataset
-    `dataset_name` (config `language`, split `split`; `hub_kwargs` go to `datasets.load_dataset`).
+    `dataset_name` (config `config_pattern` with `{lang}` = `language`, e.g. `PAN-X.{lang}` for
+    google/xtreme; split `split`; `hub_kwargs` go to `datasets.load_dataset`).
     Keeps the first `max_samples`. Returns `(examples, source)`, `source` naming it for messages."""
     if file:
         examples, source = read_ner_tsv(file, label_names, language), file
     elif dataset_name:
-        import datasets
-
-        source = f"{dataset_name}[{language}]:{split}"
-        examples = examples_from_hub(datasets.load_dataset(dataset_name, language, split=split, **hub_kwargs),
-                                     source, label_names)
+        # unimelb-nlp/wikiann config `{lang}` and google/xtreme config `PAN-X.{lang}` (train, validation, test):
+        # tokens, ner_tags ClassLabel O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC; tags are matched by name.
+        # https://huggingface.co/datasets/unimelb-nlp/wikiann, https://huggingface.co/datasets/google/xtreme
+        dataset_name = canonical_dataset_id(dataset_name)
+        config = config_pattern.format(lang=language)
+        source = f"{dataset_name}[{config}]:{split}"
+        examples = examples_from_hub(load_hub_split(dataset_name, config, split, **hub_kwargs), source, label_names)
     else:
         raise ValueError(f"no data for language {language!r}, split {split!r}: give a file or a dataset name")
     if max_samples is not None:

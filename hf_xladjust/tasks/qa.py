@@ -179,6 +179,8 @@ def read_squad_json(path: str, require_answers: bool = False) -> Tuple[List[QAEx
 def examples_from_hub(dataset, source: str, require_answers: bool = False) -> Tuple[List[QAExample], bool]:
     """Questions of one split of a Hub dataset in the `squad` layout (id, title, context, question,
     answers = {text: [...], answer_start: [...]}), validated as files are."""
+    # The layout of rajpurkar/squad (config plain_text; train, validation) and of google/xtreme's QA configs:
+    # https://huggingface.co/datasets/rajpurkar/squad, https://huggingface.co/datasets/google/xtreme
     missing = {"id", "context", "question", "answers"} - set(dataset.column_names)
     if missing:
         raise InputError(f"missing column(s) {sorted(missing)}; found {dataset.column_names}", source)
@@ -189,11 +191,15 @@ def examples_from_hub(dataset, source: str, require_answers: bool = False) -> Tu
     return examples, check_examples(examples, source, require_answers=require_answers)
 
 
-def load_qa_set(name: str, path: str, metric: str = "squad", lang: Optional[str] = None) -> QASet:
-    examples, labelled = read_squad_json(path)
+def _qa_set(name: str, examples: List[QAExample], labelled: bool, source: str, metric: str,
+            lang: Optional[str]) -> QASet:
     if not labelled:
-        logger.warning("%s: no gold answers in %s; predictions are written, no score is computed", name, path)
-    return QASet(name, examples, path, metric, lang, labelled)
+        logger.warning("%s: no gold answers in %s; predictions are written, no score is computed", name, source)
+    return QASet(name, examples, source, metric, lang, labelled)
+
+
+def load_qa_set(name: str, path: str, metric: str = "squad", lang: Optional[str] = None) -> QASet:
+    return _qa_set(name, *read_squad_json(path), path, metric, lang)
 
 
 # ---- the evaluation sets -------------------------------------------------------------------------
@@ -218,15 +224,7 @@ def build_cross_lingual(question_set: QASet, context_set: QASet, name: str) -> Q
                  context_set.metric, context_set.lang, context_set.labelled)
 
 
-def xquad_sets(xquad_dir: str, languages: Sequence[str], cross_lingual: bool = True) -> List[QASet]:
-    """`xquad_X` for every language from `xquad.X.json`, and with `cross_lingual` (X != en)
-    `xquad_X-q_en-c` and `xquad_en-q_X-c` built with `xquad.en.json`."""
-    def load(lang):
-        path = os.path.join(xquad_dir, XQUAD_FILE.format(lang=lang))
-        if not os.path.isfile(path):
-            raise InputError(f"no XQuAD file for language {lang!r}", path)
-        return load_qa_set(f"xquad_{lang}", path, "squad", lang)
-
+def _xquad_sets(load, languages: Sequence[str], cross_lingual: bool) -> List[QASet]:
     english = load("en") if cross_lingual and any(lang != "en" for lang in languages) else None
     sets = []
     for lang in languages:
@@ -238,6 +236,32 @@ def xquad_sets(xquad_dir: str, languages: Sequence[str], cross_lingual: bool = T
     return sets
 
 
+def xquad_sets(xquad_dir: str, languages: Sequence[str], cross_lingual: bool = True) -> List[QASet]:
+    """`xquad_X` for every language from `xquad.X.json`, and with `cross_lingual` (X != en)
+    `xquad_X-q_en-c` and `xquad_en-q_X-c` built with `xquad.en.json`."""
+    def load(lang):
+        path = os.path.join(xquad_dir, XQUAD_FILE.format(lang=lang))
+        if not os.path.isfile(path):
+            raise InputError(f"no XQuAD file for language {lang!r}", path)
+        return load_qa_set(f"xquad_{lang}", path, "squad", lang)
+
+    return _xquad_sets(load, languages, cross_lingual)
+
+
+def _mlqa_wanted(languages: Sequence[str], cross_lingual: bool) -> List[Tuple[str, str]]:
+    wanted = []
+    for lang in languages:
+        wanted.append((lang, lang))
+        if cross_lingual and lang != "en":
+            wanted += [("en", lang), (lang, "en")]
+    return wanted
+
+
+def _check_mlqa_context(context: str, where: str) -> None:
+    if context not in MLQA_LANGUAGES:
+        raise InputError(f"MLQA's evaluation has no normalisation for context language {context!r}", where)
+
+
 def mlqa_sets(mlqa_dir: str, split: str, languages: Sequence[str], cross_lingual: bool = True) -> List[QASet]:
     """MLQA sets `mlqa_C-c_Q-q` from `{split}-context-C-question-Q.json` in `mlqa_dir/{split}/` or
     `mlqa_dir/` (the MLQA_V1 layout, or the files themselves): for every language X, X-X and, with
@@ -245,21 +269,15 @@ def mlqa_sets(mlqa_dir: str, split: str, languages: Sequence[str], cross_lingual
     language. Combinations without a file are skipped with a warning (MLQA has no Russian)."""
     if not os.path.isdir(mlqa_dir):
         raise InputError("not a directory (--mlqa_dir)", mlqa_dir)
-    wanted = []
-    for lang in languages:
-        wanted.append((lang, lang))
-        if cross_lingual and lang != "en":
-            wanted += [("en", lang), (lang, "en")]
     sets, missing = [], []
-    for context, question in wanted:
+    for context, question in _mlqa_wanted(languages, cross_lingual):
         filename = MLQA_FILE.format(split=split, context=context, question=question)
         path = next((p for p in (os.path.join(mlqa_dir, split, filename), os.path.join(mlqa_dir, filename))
                      if os.path.isfile(p)), None)
         if path is None:
             missing.append(filename)
             continue
-        if context not in MLQA_LANGUAGES:
-            raise InputError(f"MLQA's evaluation has no normalisation for context language {context!r}", path)
+        _check_mlqa_context(context, path)
         sets.append(load_qa_set(f"mlqa_{context}-c_{question}-q", path, "mlqa", context))
     if missing:
         logger.warning("MLQA %s: no file for %s in %s", split, ", ".join(missing), mlqa_dir)
@@ -278,6 +296,84 @@ def tydiqa_sets(tydiqa_dir: str, languages: Sequence[str]) -> List[QASet]:
             sets.append(load_qa_set(f"tydiqa_{lang}", path, "squad", lang))
     if not sets:
         logger.warning("TyDi QA: no %s file for %s in %s", TYDIQA_FILE, ", ".join(languages), tydiqa_dir)
+    return sets
+
+
+# ---- the evaluation sets from the Hub --------------------------------------------------------------
+# google/xtreme serves the QA sets in the `squad` layout (id, title, context, question, answers {text,
+# answer_start}): XQuAD.{lang} (split validation), MLQA.{context}.{question} (validation = MLQA dev, test),
+# tydiqa (TyDi QA GoldP; train, and validation: the dev questions of all nine languages in one split, each
+# id starting with the language's English name, e.g. "russian-..."). Checked against the dataset card and its
+# per-config commits: https://huggingface.co/datasets/google/xtreme (e.g. commit 90a6339 "Add tydiqa data files").
+XQUAD_CONFIG = "XQuAD.{lang}"
+MLQA_CONFIG = "MLQA.{context}.{question}"
+TYDIQA_CONFIG = "tydiqa"
+TYDIQA_LANGUAGES = {"ar": "arabic", "bn": "bengali", "en": "english", "fi": "finnish", "id": "indonesian",
+                    "ko": "korean", "ru": "russian", "sw": "swahili", "te": "telugu"}
+
+
+def hub_qa_set(name: str, dataset_name: str, config: str, split: str, metric: str = "squad",
+               lang: Optional[str] = None, **hub_kwargs) -> QASet:
+    """One evaluation set from a Hub dataset in the `squad` layout (validated as files are)."""
+    from hf_xladjust.hub_data import canonical_dataset_id, load_hub_split
+
+    dataset_name = canonical_dataset_id(dataset_name)
+    source = f"{dataset_name}[{config}]:{split}"
+    return _qa_set(name, *examples_from_hub(load_hub_split(dataset_name, config, split, **hub_kwargs), source),
+                   source, metric, lang)
+
+
+def xquad_hub_sets(dataset_name: str, languages: Sequence[str], cross_lingual: bool = True,
+                   **hub_kwargs) -> List[QASet]:
+    """As `xquad_sets`, from the configs `XQuAD.{lang}` (split validation) of a Hub dataset (google/xtreme)."""
+    return _xquad_sets(lambda lang: hub_qa_set(f"xquad_{lang}", dataset_name, XQUAD_CONFIG.format(lang=lang),
+                                               "validation", "squad", lang, **hub_kwargs),
+                       languages, cross_lingual)
+
+
+def mlqa_hub_sets(dataset_name: str, split: str, languages: Sequence[str], cross_lingual: bool = True,
+                  **hub_kwargs) -> List[QASet]:
+    """As `mlqa_sets`, from the configs `MLQA.{context}.{question}` of a Hub dataset (google/xtreme); `split`
+    dev or test (the Hub's validation and test). Combinations the dataset has no config for are skipped
+    with a warning."""
+    import datasets
+
+    from hf_xladjust.hub_data import canonical_dataset_id
+
+    dataset_name = canonical_dataset_id(dataset_name)
+    configs = set(datasets.get_dataset_config_names(dataset_name, **hub_kwargs))
+    sets, missing = [], []
+    for context, question in _mlqa_wanted(languages, cross_lingual):
+        config = MLQA_CONFIG.format(context=context, question=question)
+        if config not in configs:
+            missing.append(config)
+            continue
+        _check_mlqa_context(context, f"{dataset_name}[{config}]")
+        sets.append(hub_qa_set(f"mlqa_{context}-c_{question}-q", dataset_name, config,
+                               "validation" if split == "dev" else split, "mlqa", context, **hub_kwargs))
+    if missing:
+        logger.warning("MLQA %s: %s has no config %s", split, dataset_name, ", ".join(missing))
+    return sets
+
+
+def tydiqa_hub_sets(dataset_name: str, languages: Sequence[str], **hub_kwargs) -> List[QASet]:
+    """`tydiqa_X` from the config `tydiqa` (split validation) of a Hub dataset (google/xtreme), whose one split
+    holds every language: the questions whose id starts with the language's name (`russian-`) for every
+    language that has some; scored as SQuAD v1.1."""
+    wanted = [lang for lang in languages if lang in TYDIQA_LANGUAGES]
+    if not wanted:
+        logger.warning("TyDi QA GoldP has none of %s (it has %s)", ", ".join(languages), ", ".join(TYDIQA_LANGUAGES))
+        return []
+    everything = hub_qa_set("tydiqa", dataset_name, TYDIQA_CONFIG, "validation", **hub_kwargs)
+    sets = []
+    for lang in wanted:
+        prefix = TYDIQA_LANGUAGES[lang] + "-"
+        examples = [ex for ex in everything.examples if ex.id.startswith(prefix)]
+        if not examples:
+            logger.warning("TyDi QA: no question of %s (ids starting %r) in %s", lang, prefix, everything.source)
+            continue
+        sets.append(replace(everything, name=f"tydiqa_{lang}", examples=examples, lang=lang,
+                            source=f"{everything.source} ({prefix}*)"))
     return sets
 
 

@@ -1,7 +1,7 @@
 """XNLI data for zero-shot transfer: XTREME tsv files, Hub splits, mixed-language sets, accuracy and
 per-example predictions.
 
-The label ids are fixed to those of the Hub `xnli` dataset (entailment 0, neutral 1, contradiction 2)
+The label ids are fixed to those of the Hub dataset facebook/xnli (entailment 0, neutral 1, contradiction 2)
 whatever the source. A mixed-language set (Efimov et al., Sec. 4) replaces, per example, the premise
 or the hypothesis (chosen by a seeded RNG, with a fixed seed by default, so that every run seed sees
 the same set) with the English original of the same line; the choices are recorded in a JSON file that
@@ -17,6 +17,7 @@ import numpy as np
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.files import read_text_lines, write_json, write_jsonl
+from hf_xladjust.hub_data import canonical_dataset_id, load_hub_split
 from hf_xladjust.tasks.labels import match_model_labels
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -92,7 +93,7 @@ def read_xnli_tsv(path: str) -> List[NLIExample]:
 
 def examples_from_hub(dataset, source: str) -> List[NLIExample]:
     """Examples of one split of a Hub NLI dataset with `premise`, `hypothesis` and a `label`
-    ClassLabel; its label names must be ours (as in `xnli`), in any order. `source` names the
+    ClassLabel; its label names must be ours (as in facebook/xnli), in any order. `source` names the
     split in error messages."""
     missing = {"premise", "hypothesis", "label"} - set(dataset.column_names)
     if missing:
@@ -246,11 +247,11 @@ def load_nli_examples(file: Optional[str] = None, dataset_name: Optional[str] = 
     if file:
         examples, source = read_xnli_tsv(file), file
     elif dataset_name:
-        import datasets
-
+        # facebook/xnli: one config per language; premise, hypothesis, label ClassLabel
+        # (entailment, neutral, contradiction): https://huggingface.co/datasets/facebook/xnli (README.md dataset_info)
+        dataset_name = canonical_dataset_id(dataset_name)
         source = f"{dataset_name}[{language}]:{split}"
-        examples = examples_from_hub(datasets.load_dataset(dataset_name, language, split=split, **hub_kwargs),
-                                     source)
+        examples = examples_from_hub(load_hub_split(dataset_name, language, split, **hub_kwargs), source)
     else:
         raise ValueError(f"no data for language {language!r}, split {split!r}: give a file or a dataset name")
     if max_samples is not None:

@@ -58,6 +58,7 @@ from hf_xladjust.alignment.pairs import (
     build_aligned_pairs,
     read_aligned_pairs,
 )
+from hf_xladjust.alignment.parallel import ParallelDatasetArguments
 from hf_xladjust.cli import OVERWRITE_HELP, load_pretrained
 from hf_xladjust.compat import accumulation_steps, ga_corrected_loss, trainer_divides_by_ga
 from hf_xladjust.files import InputPath
@@ -87,9 +88,10 @@ class FineTuningArguments(TrainingArguments):
 
 
 @dataclass
-class ContinualAlignArguments:
-    """Continual alignment during fine-tuning; parsed by every run_*_xl.py. Aligner and
-    link options come from `AlignmentDataArguments`, pooling/layer/anchor weight from
+class ContinualAlignArguments(ParallelDatasetArguments):
+    """Continual alignment during fine-tuning; parsed by every run_*_xl.py. The parallel corpus: files,
+    a Hub dataset with a `translation` column (`--parallel_dataset`), or run_adjust.py's aligned pairs.
+    Aligner and link options come from `AlignmentDataArguments`, pooling/layer/anchor weight from
     `AlignmentLossArguments`."""
 
     align_train_file: Optional[str] = field(
@@ -124,16 +126,16 @@ class ContinualAlignArguments:
         files = bool(self.align_source_file) + bool(self.align_target_file)
         if files == 1:
             raise ValueError("--align_source_file and --align_target_file go together")
-        if sum([bool(self.align_train_file), files == 2, bool(self.aligned_pairs)]) > 1:
+        if sum([bool(self.align_train_file), files == 2, bool(self.aligned_pairs), bool(self.parallel_dataset)]) > 1:
             raise ValueError("give one of --align_train_file, --align_source_file/--align_target_file, "
-                             "--aligned_pairs")
+                             "--parallel_dataset, --aligned_pairs")
         if self.align_batch_size < 1:
             raise ValueError("--align_batch_size must be positive")
 
     @property
     def enabled(self) -> bool:
         """Whether any aligned data was given (continual alignment is on)."""
-        return bool(self.align_train_file or self.align_source_file or self.aligned_pairs)
+        return bool(self.align_train_file or self.align_source_file or self.aligned_pairs or self.parallel_dataset)
 
 
 CONTINUAL_FILES = ("align_train_file", "align_source_file", "align_target_file", "aligned_pairs")
@@ -166,12 +168,13 @@ def check_anchor_model(cont_args: ContinualAlignArguments, loss_args: AlignmentL
 
 def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments, tokenizer,
                        seed: int, cache_dir: Optional[str] = None,
-                       max_length: Optional[int] = None) -> AlignedPairDataset:
+                       max_length: Optional[int] = None, hub_kwargs: Optional[Dict] = None) -> AlignedPairDataset:
     """The side pool: `--aligned_pairs` as is (sampled down to `max_sentences` if larger), or a
-    parallel corpus aligned and filtered as in run_adjust.py."""
+    parallel corpus (files or `--parallel_dataset`; `hub_kwargs` go to `datasets.load_dataset`)
+    aligned and filtered as in run_adjust.py."""
     if not cont_args.enabled:
-        raise ValueError("no aligned data given (--align_train_file, --align_source_file/--align_target_file "
-                         "or --aligned_pairs)")
+        raise ValueError("no aligned data given (--align_train_file, --align_source_file/--align_target_file, "
+                         "--parallel_dataset or --aligned_pairs)")
     if cont_args.aligned_pairs:
         pairs = read_aligned_pairs(cont_args.aligned_pairs)
         if data_args.max_sentences and len(pairs) > data_args.max_sentences:
@@ -179,7 +182,8 @@ def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentD
         logger.info("Continual alignment: %d aligned sentence pairs from %s", len(pairs), cont_args.aligned_pairs)
     else:
         pairs, stats = build_aligned_pairs(data_args, cont_args.align_source_file, cont_args.align_target_file,
-                                           cont_args.align_train_file, seed=seed, cache_dir=cache_dir)
+                                           cont_args.align_train_file, seed=seed, cache_dir=cache_dir,
+                                           dataset=cont_args.translation_dataset(**(hub_kwargs or {})))
         logger.info("Continual alignment: aligned pairs %s", json.dumps(stats))
     max_length = max_length or data_args.align_max_length or tokenizer.model_max_length
     if data_args.align_max_length:
@@ -201,7 +205,8 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
         positions = getattr(AutoConfig.from_pretrained(model_name_or_path, **model_kwargs),
                             "max_position_embeddings", None)
         max_length = min(data_args.align_max_length or tokenizer.model_max_length, positions or int(1e9))
-    dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, alignment_cache_dir, max_length)
+    dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, alignment_cache_dir, max_length,
+                                 {k: v for k, v in model_kwargs.items() if k in ("cache_dir", "token")})
     needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
     anchor = None
     if needs_f0:
