@@ -305,6 +305,8 @@ def tydiqa_sets(tydiqa_dir: str, languages: Sequence[str]) -> List[QASet]:
 # tydiqa (TyDi QA GoldP; train, and validation: the dev questions of all nine languages in one split, each
 # id starting with the language's English name, e.g. "russian-..."). Checked against the dataset card and its
 # per-config commits: https://huggingface.co/datasets/google/xtreme (e.g. commit 90a6339 "Add tydiqa data files").
+# MLQA.{l1}.{l2} holds MLQA_V1/dev/dev-context-{l1}-question-{l2}.json: the context language comes first (the
+# loading script the parquet files were converted from, huggingface/datasets datasets/xtreme/xtreme.py).
 XQUAD_CONFIG = "XQuAD.{lang}"
 MLQA_CONFIG = "MLQA.{context}.{question}"
 TYDIQA_CONFIG = "tydiqa"
