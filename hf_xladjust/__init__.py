@@ -24,6 +24,14 @@ _EXPORTS = {
     "hf_xladjust.alignment.parallel": ("read_parallel",),
     "hf_xladjust.alignment.aligners": ("align_corpus",),
     "hf_xladjust.alignment.anchor": ("load_anchor_model", "resolve_anchor_path"),
+    # realignment for today's models: LoRA, sentence-level alignment, layer freezing (docs/realignment.md)
+    "hf_xladjust.alignment.realign": ("RealignmentArguments", "prepare_model"),
+    "hf_xladjust.alignment.sentence": ("SentenceAlignmentLoss", "build_alignment_loss"),
+    "hf_xladjust.alignment.lora": ("AdaptersOff", "save_merged"),
+    "hf_xladjust.alignment.freeze": ("freeze_layers",),
+    # words -> subwords for any fast tokenizer, pad-token fallback; model cards
+    "hf_xladjust.tokenization": ("tokenize_running_text", "ensure_pad_token"),
+    "hf_xladjust.model_card": ("save_model_card",),
     # evaluators and metrics
     "hf_xladjust.evaluation.retrieval": ("SentenceRetrievalEvaluator",),
     "hf_xladjust.evaluation.distances": ("WordDistanceEvaluator",),
