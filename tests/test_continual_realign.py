@@ -189,7 +189,8 @@ def test_one_line_refusals(tok, tmp_path):
     cont_off = ContinualAlignArguments()
     loss_args = AlignmentLossArguments()
     with pytest.raises(InputError, match=r"^--lora_r is not supported in fine-tuning / continual alignment"):
-        check_realign_options(ContinualAlignArguments(aligned_pairs="p.jsonl"), loss_args, RealignmentArguments(lora_r=8))
+        check_realign_options(ContinualAlignArguments(aligned_pairs="p.jsonl"), loss_args,
+                              RealignmentArguments(lora_r=8))
     with pytest.raises(InputError, match=r"^--freeze_layers configure continual alignment: give aligned data"):
         check_realign_options(cont_off, loss_args, RealignmentArguments(freeze_layers="lower"))
     with pytest.raises(InputError, match=r"^--align_level sentence configure continual alignment"):
