@@ -7,6 +7,12 @@ replacement from the aligned pool, through the encoder of the model being traine
 one's `.module`), in the same backward as the task loss. The anchor term is not scaled by α, as in
 the paper's code (`align_wght 0.01`, `base_diff_wght 1`), and f0 is the original model.
 
+Realignment options (issue 19). `continual_kwargs` takes run_adjust.py's `RealignmentArguments`: the side loss
+is `build_alignment_loss`'s (word level, or `--align_level sentence`: InfoNCE over the side batch's sentences),
+`--freeze_layers` freezes those layers of the task model for the whole fine-tuning (`prepare_model`), and
+`--lora_r` is refused (docs/realignment.md). `align_schedule="alternate"` (`--align_schedule`) replaces the
+summed loss by alignment-only optimizer steps, one after each task step (`_alignment_step`; one process only).
+
 Gradient accumulation. The side loss is added on the first micro-step of each optimisation step,
 multiplied by the factor the Trainer will divide that micro-step's loss by (1 when the task loss is
 normalised by `num_items_in_batch`, the number of accumulated micro-batches otherwise), so it counts
@@ -304,7 +310,9 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
     `alignment_loss`, f0 is loaded from `resolve_anchor_path(model.name_or_path)` (the original model,
     also when `model` is a run_adjust.py output) and the loss is `AlignmentLoss(f0, align_weight=0.01)`
     with anchor weight 1; an `AlignmentLoss` given without `align_weight` gets α = 0.01 too;
-    `align_batch_size` is 16.
+    `align_batch_size` is 16. `align_schedule="alternate"`: the task steps train the task loss alone and each is
+    followed by one alignment-only optimizer step (same optimizer, scheduler stepped on task steps only); `loss`
+    logs the task loss, `align_loss`/`anchor_loss` the alignment steps', `align_steps` their count.
 
     With your own Trainer subclass: `class MyAligned(MyTrainer, ContinualAlignTrainer)` or
     `(ContinualAlignTrainer, MyTrainer)`; `MyTrainer.compute_loss` may or may not call `super()`, and
