@@ -105,8 +105,11 @@ def test_realign_config_errors(tmp_path, change, message):
 
 @pytest.mark.slow
 def test_tiny_grid_with_the_realign_regimes_reports_them_with_p_values(tmp_path, tiny_model_dir):
-    """Tiny BERT, NLI, es, 2 seeds, local executor: original, adjusted and the three realignments; the report
-    puts Adjusted (LoRA) / (sentence) / (frozen) after Adjusted, each with p-values vs Original and Adjusted."""
+    """Tiny BERT, NLI and retrieval (of the adjusted encoders), es, 2 seeds, local executor: original, adjusted
+    and the three realignments; the report puts Adjusted (LoRA) / (sentence) / (frozen) after Adjusted, each
+    with p-values vs Original and Adjusted."""
+    from test_xsr import write_tatoeba
+
     nli = write_nli(tmp_path / "xnli")
     results = tmp_path / "results"
     small = {"gpus": 0, "hours": 0.5}
@@ -120,7 +123,9 @@ def test_tiny_grid_with_the_realign_regimes_reports_them_with_p_values(tmp_path,
            "tasks": {"nli": {"args": {"train_file": str(nli / "train-en.tsv"),
                                       "test_file_pattern": str(nli / "test-{lang}.tsv"), "num_train_epochs": 1,
                                       "per_device_train_batch_size": 16},
-                             "resources": small}},
+                             "resources": small},
+                     "xsr": {"args": {"tatoeba_dir": str(write_tatoeba(tmp_path / "tatoeba", langs=("es",))),
+                                      "device": "cpu"}, "resources": small}},
            "env": OFFLINE}
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -133,20 +138,23 @@ def test_tiny_grid_with_the_realign_regimes_reports_them_with_p_values(tmp_path,
         full = json.loads((results / f"adjust/es/seed{seed}/train_results.json").read_text())["trainable_parameters"]
         frozen = json.loads((results / f"adjust_frozen/es/seed{seed}/train_results.json").read_text())
         assert trained < frozen["trainable_parameters"] < full
-        run_args = json.loads((results / f"nli/adjusted_lora/es/seed{seed}/run_args.json").read_text())
-        assert run_args["model"]["model_name_or_path"].endswith(f"adjust_lora/es/seed{seed}/merged")
+        for task in ("nli", "xsr"):  # the merged weights, for fine-tuning and for retrieval alike
+            run_args = json.loads((results / f"{task}/adjusted_lora/es/seed{seed}/run_args.json").read_text())
+            assert run_args["model"]["model_name_or_path"].endswith(f"adjust_lora/es/seed{seed}/merged")
 
     report = subprocess.run([sys.executable, "-m", "hf_xladjust.report", str(results)], cwd=ROOT,
                             env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     labels = ["Original", "Adjusted", "Adjusted (LoRA)", "Adjusted (sentence)", "Adjusted (frozen)"]
-    table = json.loads((results / "report" / "report.json").read_text())["tasks"]["nli"]
-    assert [row[0] for row in table["rows"]] == labels
+    tables = json.loads((results / "report" / "report.json").read_text())["tasks"]
+    for task in ("nli", "xsr"):
+        assert [row[0] for row in tables[task]["rows"]] == labels
     printed = report.stdout.split("| p (vs Original / vs Adjusted) |")
-    assert len(printed) == 2, report.stdout[-3000:]
-    p_table = printed[1].split("\n\n")[0]
-    lines = {line.split(" | ")[0][2:]: line for line in p_table.splitlines() if line.startswith("| ")}
-    for label in labels[2:]:
-        cells = lines[label].strip("| ").split(" | ")[1:]
-        assert cells and all(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in cells), lines[label]
+    assert len(printed) == 3, report.stdout[-3000:]
+    for after in printed[1:]:
+        p_table = after.split("\n\n")[0]
+        lines = {line.split(" | ")[0][2:]: line for line in p_table.splitlines() if line.startswith("| ")}
+        for label in labels[2:]:
+            cells = lines[label].strip("| ").split(" | ")[1:]
+            assert cells and all(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in cells), lines[label]
     print(report.stdout)

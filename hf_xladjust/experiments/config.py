@@ -358,9 +358,9 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
     for regime, value in cfg.adjust.regime_resources.items():
         if (regime != "adjusted_multi" and regime not in REALIGN_REGIMES
                 and regime_size(regime) not in cfg.parallel_sizes):
-            raise InputError(f"adjust.regime_resources: {regime!r} is not adjusted_multi, a realignment regime "
-                             f"({', '.join(REALIGN_REGIMES)}) or an adjusted_n{{size}} of parallel_sizes "
-                             f"{cfg.parallel_sizes}", path)
+            raise InputError(f"adjust.regime_resources: {regime!r} is not adjusted_multi or an adjusted_n{{size}} "
+                             f"of parallel_sizes {cfg.parallel_sizes} (or a realignment regime: "
+                             f"{', '.join(REALIGN_REGIMES)})", path)
         _build(Resources, value, path, f"adjust.regime_resources.{regime}")
     _check_realign_args(cfg, path)
     if cfg.alignment.mode not in ("shared", "per_run"):
