@@ -47,6 +47,7 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
+from hf_xladjust.alignment.realign import RealignmentArguments
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
@@ -84,6 +85,7 @@ from hf_xladjust.trainers.continual import (
     ContinualAlignTrainer,
     FineTuningArguments,
     check_anchor_model,
+    check_realign_options,
     continual_input_files,
     continual_kwargs,
 )
@@ -176,7 +178,7 @@ def build_parser() -> HfArgumentParser:
 
     return script_parser(
         (ModelArguments, DataTrainingArguments, RepresentationTransformArguments, ContinualAlignArguments,
-         AlignmentDataArguments, AlignmentLossArguments, NERTrainingArguments), __doc__
+         AlignmentDataArguments, RealignmentArguments, AlignmentLossArguments, NERTrainingArguments), __doc__
     )
 
 
@@ -189,7 +191,7 @@ def input_files(args):
 
 def main():
     parser = build_parser()
-    model_args, data_args, transform_args, cont_args, align_data_args, loss_args, training_args = \
+    model_args, data_args, transform_args, cont_args, align_data_args, realign_args, loss_args, training_args = \
         parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
@@ -220,6 +222,7 @@ def main():
     # Words are tokenised as running text (hf_xladjust.tokenization): no add_prefix_space needed.
     require_fast(tokenizer, "run_ner_xl.py")
     ensure_pad_token(tokenizer, config)
+    check_realign_options(cont_args, loss_args, realign_args, training_args.do_train)
     if training_args.do_train:
         check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
 
@@ -321,7 +324,7 @@ def main():
         with training_args.main_process_first(desc="aligned pairs for continual alignment"):
             trainer_kwargs = continual_kwargs(
                 cont_args, align_data_args, loss_args, tokenizer, model_args.model_name_or_path,
-                seed=training_args.seed,
+                seed=training_args.seed, realign_args=realign_args, model=model,
                 alignment_cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
                 **model_args.hub_kwargs(),
             )
@@ -402,6 +405,7 @@ def main():
         write_run_args(training_args.output_dir, model=model_args, data=data_args, labels=label_names,
                        max_seq_length_used=max_seq_length, continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
+                       realign=realign_args if continual else None,
                        representation_transform=transform.describe(languages[1:]) if transform else None,
                        training=training_args, threads=threads)
     save_model_card(trainer, tasks="token-classification", dataset=data_args.dataset_name or "WikiANN")

@@ -43,6 +43,7 @@ from transformers import (
 
 from hf_xladjust.alignment.loss import AlignmentLossArguments
 from hf_xladjust.alignment.pairs import AlignmentDataArguments
+from hf_xladjust.alignment.realign import RealignmentArguments
 from hf_xladjust.cli import (
     ModelArguments,
     check_output_dir,
@@ -82,6 +83,7 @@ from hf_xladjust.trainers.continual import (
     ContinualAlignArguments,
     FineTuningArguments,
     check_anchor_model,
+    check_realign_options,
     continual_input_files,
     continual_kwargs,
 )
@@ -192,7 +194,7 @@ def build_parser() -> HfArgumentParser:
 
     return script_parser(
         (ModelArguments, DataTrainingArguments, ContinualAlignArguments, AlignmentDataArguments,
-         AlignmentLossArguments, QATrainingArguments), __doc__
+         RealignmentArguments, AlignmentLossArguments, QATrainingArguments), __doc__
     )
 
 
@@ -204,7 +206,8 @@ def input_files(args):
 
 def main():
     parser = build_parser()
-    model_args, data_args, cont_args, align_data_args, loss_args, training_args = parse_arguments(parser)
+    model_args, data_args, cont_args, align_data_args, realign_args, loss_args, training_args = \
+        parse_arguments(parser)
     check_output_dir(training_args.output_dir, "all_results.json", training_args.overwrite_output_dir,
                      training_args.resume_from_checkpoint)
     check_input_files(input_files(merged_arguments(data_args, cont_args, align_data_args, training_args)))
@@ -226,6 +229,7 @@ def main():
                                 use_fast=model_args.use_fast_tokenizer, **model_args.hub_kwargs())
     require_fast(tokenizer, "run_qa_xl.py (offset mappings)")
     ensure_pad_token(tokenizer, config)
+    check_realign_options(cont_args, loss_args, realign_args, training_args.do_train)
     if training_args.do_train:
         check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
 
@@ -361,7 +365,7 @@ def main():
         with training_args.main_process_first(desc="aligned pairs for continual alignment"):
             trainer_kwargs = continual_kwargs(
                 cont_args, align_data_args, loss_args, tokenizer, model_args.model_name_or_path,
-                seed=training_args.seed,
+                seed=training_args.seed, realign_args=realign_args, model=model,
                 alignment_cache_dir=os.path.join(training_args.output_dir, "alignment_cache"),
                 **model_args.hub_kwargs(),
             )
@@ -425,6 +429,7 @@ def main():
                                           for s in sets} for split, sets in eval_sets.items()},
                        continual=cont_args if continual else None,
                        alignment=align_data_args if continual else None, loss=loss_args if continual else None,
+                       realign=realign_args if continual else None,
                        training=training_args, threads=threads)
     save_model_card(trainer, tasks="question-answering", dataset=data_args.dataset_name or "SQuAD")
 

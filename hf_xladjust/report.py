@@ -6,8 +6,10 @@
 Reads the per-example prediction files that the run_*.py scripts write, in the folders of the
 experiment grid: `RESULTS/{task}/{regime}/{lang}/seed{n}/predictions_{split}_{set}.jsonl` (retrieval:
 `predictions_{set}.jsonl`), task in nli/ner/qa/xsr, regime in original, adjusted, adjusted_n{size} (the
-adjustment with that many sentences), adjusted_multi (one adjustment over all languages), adjusted_cont,
-original_cont, rotation and normalized (the Original fine-tuned model evaluated through a fitted transform).
+adjustment with that many sentences), adjusted_lora / adjusted_sentence / adjusted_frozen (the issue-19
+realignments: LoRA, sentence-level InfoNCE, lower half frozen), adjusted_multi (one adjustment over all
+languages), adjusted_cont, original_cont, rotation and normalized (the Original fine-tuned model evaluated
+through a fitted transform).
 A folder `{task}_{what}` is a variant of that task with a table of its own (e.g. `xsr_nli`: retrieval with
 the NLI-fine-tuned models, next to `xsr` with the encoders).
 A language folder contributes the sets whose name (split on `_` and `-`) contains its language code,
@@ -17,7 +19,8 @@ plus English-only sets (reported as `en (lang)`: the English score of that folde
 `{task}/adjusted_multi/all/`).
 
 One table per task, in the shape of the paper's Tables 2-5: rows Original / Adjusted / Adjusted (N sent.)
-(smallest N first) / Adjusted (multi) / Adj + cont / Orig + cont / Rotation / Normalized, those present, one
+(smallest N first) / Adjusted (LoRA) / Adjusted (sentence) / Adjusted (frozen) / Adjusted (multi) / Adj + cont /
+Orig + cont / Rotation / Normalized, those present, one
 column per evaluation set, each cell the mean over seeds of the set's metric (x100) with `*`
 (significantly different from Original) and `**` (from Adjusted), p < 0.05:
 
@@ -81,8 +84,11 @@ def task_kind(name: str) -> Optional[str]:
 
 
 # Row order; adjusted_n{size} rows (ascending size) go after Adjusted.
-REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_cont", "rotation", "normalized")
+REGIMES = ("original", "adjusted", "adjusted_lora", "adjusted_sentence", "adjusted_frozen", "adjusted_multi",
+           "adjusted_cont", "original_cont", "rotation", "normalized")
 ROW_LABELS = {"original": "Original", "adjusted": "Adjusted", "adjusted_multi": "Adjusted (multi)",
+              "adjusted_lora": "Adjusted (LoRA)", "adjusted_sentence": "Adjusted (sentence)",
+              "adjusted_frozen": "Adjusted (frozen)",
               "adjusted_cont": "Adj + cont", "original_cont": "Orig + cont", "rotation": "Rotation",
               "normalized": "Normalized"}
 

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import torch
-
 from hf_xladjust.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -103,6 +101,8 @@ class AdaptersOff:
         self.peft_model = peft_model
 
     def __call__(self, *args, **kwargs):
+        import torch  # here: the grid's planner reads MERGED_SUBDIR without loading torch
+
         model = self.peft_model
         was_training = model.training
         model.eval()  # no dropout in f0

@@ -5,6 +5,9 @@ over all the grid's languages at once, as Cao et al.), `adjusted_cont`, `origina
 evaluation-time transforms of the Original fine-tuned models, `rotation` (orthogonal Procrustes) and
 `normalized` (vector-space normalisation). `parallel_sizes: [5000, 10000]` adds `adjusted_n5000`, ...
 (the adjustment with that many sentences; the paper's footnote), run by every task that runs `adjusted`.
+The issue-19 realignments, each its own adjustment (`adjust_{kind}/{lang}/seed{n}`) with run_adjust.py's flags
+from `adjust.regime_args` over `REALIGN_REGIMES`' defaults: `adjusted_lora` (LoRA, merged weights fine-tuned),
+`adjusted_sentence` (sentence-level InfoNCE), `adjusted_frozen` (AlignFreeze's lower half frozen).
 
 Relative paths in the file are relative to `workdir` (default: the folder the grid is started from),
 where the run_*.py scripts live and where every step runs. `${lang}`, `${seed}`, `${results_dir}`
@@ -22,7 +25,14 @@ from hf_xladjust.errors import InputError
 from hf_xladjust.hub_data import canonical_dataset_id
 from hf_xladjust.tasks.xnli import MIXED_LANGUAGE_SEED
 
-REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_cont", "rotation", "normalized")
+# The issue-19 realignments: regime -> run_adjust.py's arguments by default (adjust.regime_args merged over them).
+REALIGN_REGIMES: Dict[str, Dict[str, Any]] = {
+    "adjusted_lora": {"lora_r": 8, "merge_lora": True},  # mid-align's r 8 (α 16, dropout 0.1: the flags' defaults)
+    "adjusted_sentence": {"align_level": "sentence"},  # at --align_layer (-1 unless set: a middle layer is a choice)
+    "adjusted_frozen": {"freeze_layers": "lower"},  # AlignFreeze's freeze_realign_unfreeze
+}
+REGIMES = ("original", "adjusted", "adjusted_multi", "adjusted_cont", "original_cont", "rotation", "normalized",
+           *REALIGN_REGIMES)
 # Evaluation-time transforms fitted on the Original fine-tuned model: regime -> the fit module's --kind.
 TRANSFORM_REGIMES = {"rotation": "rotation", "normalized": "normalize"}
 # Regimes whose one run per seed serves every language (`{task}/{regime}/all/seed{n}`, linked per language).
@@ -30,6 +40,11 @@ SHARED_REGIMES = ("original", "adjusted_multi")
 MULTI = "multi"  # adjust/multi/seed{n}: the adjustment over all languages at once
 KNOWN_TASKS = ("nli", "ner", "qa", "xsr")
 _SIZED = re.compile(r"^adjusted_n([1-9][0-9]*)$")
+
+
+def realign_step(regime: str) -> str:
+    """The adjust steps' folder of a realignment regime: `adjust_lora` for adjusted_lora."""
+    return "adjust_" + regime[len("adjusted_"):]
 
 
 def sized_regime(size: int) -> str:
@@ -106,11 +121,17 @@ class AdjustConfig:
     script: str = "run_adjust.py"
     args: Dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=lambda: Resources(gpus=1))
-    # resources that differ for adjusted_multi (every language in one run) or an adjusted_n{size} regime
+    # resources that differ for adjusted_multi (every language in one run), an adjusted_n{size} or a realignment
     regime_resources: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # run_adjust.py's arguments of a realignment regime (adjusted_lora...), over REALIGN_REGIMES' defaults and args
+    regime_args: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def resources_for(self, regime: str) -> Resources:
         return dataclasses.replace(self.resources, **self.regime_resources.get(regime, {}))
+
+    def args_for(self, regime: str) -> Dict[str, Any]:
+        """A realignment regime's own run_adjust.py arguments (given after `args`)."""
+        return {**REALIGN_REGIMES.get(regime, {}), **self.regime_args.get(regime, {})}
 
 
 @dataclass
@@ -152,8 +173,9 @@ class TaskConfig:
 
     @staticmethod
     def inherited_regimes(regime: str) -> List[str]:
-        # an adjusted_n{size} run is an `adjusted` run with fewer sentences: adjusted's settings, then its own
-        return ["adjusted", regime] if regime_size(regime) is not None else [regime]
+        # an adjusted_n{size} run is an `adjusted` run with fewer sentences, a realignment one adjusted otherwise:
+        # adjusted's settings, then its own
+        return ["adjusted", regime] if regime_size(regime) is not None or regime in REALIGN_REGIMES else [regime]
 
     def args_for(self, regime: str) -> Dict[str, Any]:
         return {k: v for r in self.inherited_regimes(regime) for k, v in self.regime_args.get(r, {}).items()}
@@ -334,10 +356,13 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
         cfg.parallel[lang] = data_cfg
 
     for regime, value in cfg.adjust.regime_resources.items():
-        if regime != "adjusted_multi" and regime_size(regime) not in cfg.parallel_sizes:
+        if (regime != "adjusted_multi" and regime not in REALIGN_REGIMES
+                and regime_size(regime) not in cfg.parallel_sizes):
             raise InputError(f"adjust.regime_resources: {regime!r} is not adjusted_multi or an adjusted_n{{size}} "
-                             f"of parallel_sizes {cfg.parallel_sizes}", path)
+                             f"of parallel_sizes {cfg.parallel_sizes} (or a realignment regime: "
+                             f"{', '.join(REALIGN_REGIMES)})", path)
         _build(Resources, value, path, f"adjust.regime_resources.{regime}")
+    _check_realign_args(cfg, path)
     if cfg.alignment.mode not in ("shared", "per_run"):
         raise InputError(f"alignment.mode: 'shared' or 'per_run', got {cfg.alignment.mode!r}", path)
     if cfg.needs_parallel:
@@ -364,6 +389,27 @@ def parse_config(data: Dict[str, Any], path: str = "<config>") -> GridConfig:
     if cfg.executor.cluster not in ("local", "slurm", "debug"):
         raise InputError(f"executor.cluster: local, slurm or debug, got {cfg.executor.cluster!r}", path)
     return cfg
+
+
+def _check_realign_args(cfg: GridConfig, path: str) -> None:
+    """adjust.regime_args: mappings for realignment regimes only; adjusted_lora keeps LoRA on and merged
+    (the task scripts fine-tune `<adjust step>/merged`)."""
+    for regime, value in cfg.adjust.regime_args.items():
+        if regime not in REALIGN_REGIMES:
+            raise InputError(f"adjust.regime_args: {regime!r} is not a realignment regime "
+                             f"({', '.join(REALIGN_REGIMES)}); adjusted's arguments go in adjust.args", path)
+        if not isinstance(value, dict):
+            raise InputError(f"adjust.regime_args.{regime}: expected a mapping", path)
+    lora = {**cfg.adjust.args, **cfg.adjust.args_for("adjusted_lora")}
+    if "adjusted_lora" in cfg.regimes and not (lora.get("lora_r") and lora.get("merge_lora") is True):
+        raise InputError("adjust.regime_args.adjusted_lora: needs lora_r > 0 and merge_lora true (the tasks "
+                         "fine-tune the merged weights)", path)
+    for regime in REALIGN_REGIMES:
+        if regime not in cfg.regimes:
+            continue
+        given = {**cfg.adjust.args, **cfg.adjust.args_for(regime)}
+        if regime != "adjusted_lora" and given.get("lora_r"):
+            raise InputError(f"adjust: {regime} with lora_r would be a LoRA adjustment; use adjusted_lora", path)
 
 
 def _check_parallel_sizes(cfg: GridConfig, path: str) -> None:

@@ -1,7 +1,8 @@
 """The plan: every step of the grid with its full command line, output folder, dependencies and fingerprint.
 
 Step kinds: `align` (one per language), `adjust` (`adjust/{lang}/seed{n}`, `adjust/multi/seed{n}` for
-adjusted_multi, `adjust_n{size}/{lang}/seed{n}` for parallel_sizes), `transform` (the fit of rotation /
+adjusted_multi, `adjust_n{size}/{lang}/seed{n}` for parallel_sizes, `adjust_lora|sentence|frozen/{lang}/seed{n}`
+for the realignment regimes), `transform` (the fit of rotation /
 normalized, `transform/{regime}/{key}/{lang}/seed{n}`, key the task whose Original fine-tuned model it is
 fitted on, or `start` for the start model of an evaluation-only task) and `task` (`{task}/{regime}/{lang}/seed{n}`).
 
@@ -21,13 +22,16 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from hf_xladjust.alignment.lora import MERGED_SUBDIR
 from hf_xladjust.errors import InputError
 from hf_xladjust.experiments.config import (
     MULTI,
+    REALIGN_REGIMES,
     SHARED_REGIMES,
     TRANSFORM_REGIMES,
     GridConfig,
     Resources,
+    realign_step,
     regime_size,
     sized_regime,
 )
@@ -40,6 +44,9 @@ GRID_ARGS = ("model_name_or_path", "output_dir", "seed", "aligned_pairs", "ancho
              "parallel", "alignment_files", "representation_transform", "parallel_dataset", "parallel_config",
              "parallel_split")
 ADJUST_OUTPUTS = ["config.json", "aligned_pairs.jsonl", "train_results.json"]
+# --lora_r --merge_lora: the adapter in the folder, the merged weights (what the tasks fine-tune) in merged/
+LORA_OUTPUTS = ["adapter_config.json", "aligned_pairs.jsonl", "train_results.json", f"{MERGED_SUBDIR}/config.json",
+                f"{MERGED_SUBDIR}/run_args.json"]
 TRANSFORM_OUTPUTS = ["representation_transform.pt", "run_args.json"]  # run_args.json: the fit's last write
 # The paper's batches per optimisation step, whatever the number of processes: 32 training examples
 # (32 sentence pairs in the adjustment) and, in continual runs, a side batch of 16 aligned pairs.
@@ -293,6 +300,8 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
     common = {"python": python, "workdir": workdir, "env": dict(cfg.env), "keep_checkpoints": cfg.keep_checkpoints}
     _check_grid_args(cfg.common_args, "common_args", src)
     _check_grid_args(cfg.adjust.args, "adjust.args", src)
+    for regime, regime_args in cfg.adjust.regime_args.items():
+        _check_grid_args(regime_args, f"adjust.regime_args.{regime}", src)
     _check_grid_args(cfg.transform.args, "transform.args", src)
     if "kind" in cfg.transform.args:
         raise InputError("transform.args: the grid sets kind itself (rotation or normalize, from the regime); "
@@ -337,12 +346,14 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
         values = {"seed": seed, "results_dir": results, "model": model, **({"lang": lang} if lang else {})}
         resources = cfg.adjust.resources_for(regime)
         args = {"model_name_or_path": model, **lang_args, **_fill(cfg.common_args, values, "common_args", src),
-                **_fill(cfg.adjust.args, values, "adjust.args", src), **(extra or {})}
+                **_fill(cfg.adjust.args, values, "adjust.args", src),
+                **_fill(cfg.adjust.args_for(regime), values, f"adjust.regime_args.{regime}", src), **(extra or {})}
         args.update(_paper_batches(args, resources, False, "adjust", src))
         output_dir = out(name)
         args.update(seed=seed, output_dir=output_dir)
+        outputs = LORA_OUTPUTS if args.get("lora_r") else ADJUST_OUTPUTS
         return Step(name=name, kind="adjust", output_dir=output_dir, script=[cfg.adjust.script], args=to_argv(args),
-                    resources=resources, deps=deps, outputs=list(ADJUST_OUTPUTS), resume=True, regime=regime,
+                    resources=resources, deps=deps, outputs=list(outputs), resume=True, regime=regime,
                     lang=lang, seed=seed, **common)
 
     regimes = cfg.all_regimes
@@ -351,6 +362,10 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
         deps = [align_step[lang]] if lang in align_step else []
         for seed in cfg.seeds if cfg.needs_adjustment else ():
             steps.append(adjust_step(f"adjust/{lang}/seed{seed}", pair_args, seed, "adjusted", deps, lang))
+        for regime in (r for r in REALIGN_REGIMES if r in regimes):
+            for seed in cfg.seeds:
+                steps.append(adjust_step(f"{realign_step(regime)}/{lang}/seed{seed}", pair_args, seed, regime, deps,
+                                         lang))
         for size in sorted(cfg.parallel_sizes):
             for seed in cfg.seeds:
                 steps.append(adjust_step(f"adjust_n{size}/{lang}/seed{seed}", pair_args, seed, sized_regime(size),
@@ -366,7 +381,14 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
         size = regime_size(regime)
         if size is not None:
             return f"adjust_n{size}/{lang}/seed{seed}"
+        if regime in REALIGN_REGIMES:
+            return f"{realign_step(regime)}/{lang}/seed{seed}"
         return f"adjust/{MULTI}/seed{seed}" if regime == "adjusted_multi" else f"adjust/{lang}/seed{seed}"
+
+    def adjusted_start(regime: str, lang: str, seed: int) -> str:
+        """The folder a regime's tasks start from: its adjust step's output (its merged/ weights with LoRA)."""
+        folder = out(adjusted_model(regime, lang, seed))
+        return os.path.join(folder, MERGED_SUBDIR) if regime == "adjusted_lora" else folder
 
     # 3. transforms: fitted per language and seed on the model a rotation/normalized run evaluates
     fitted: Dict[str, Step] = {}
@@ -418,7 +440,7 @@ def build_plan(cfg: GridConfig, workdir: Optional[str] = None) -> List[Step]:
                         start = out(task.model_from, regime, lang, f"seed{seed}")
                         deps.append(f"{task.model_from}/{regime}/{lang}/seed{seed}")
                     elif regime.startswith("adjusted"):
-                        start = out(adjusted_model(regime, lang, seed))
+                        start = adjusted_start(regime, lang, seed)
                         deps.append(adjusted_model(regime, lang, seed))
                     else:
                         start = model

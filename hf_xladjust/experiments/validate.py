@@ -93,6 +93,8 @@ def config_sections(cfg, step: Step) -> Dict[str, dict]:
     sections = {"common_args": cfg.common_args}
     if step.kind in ("adjust", "align"):
         sections.update({"adjust.args": cfg.adjust.args, "alignment.args": cfg.alignment.args})
+        if step.regime in cfg.adjust.regime_args:  # a realignment regime's own run_adjust.py flags
+            sections[f"adjust.regime_args.{step.regime}"] = cfg.adjust.regime_args[step.regime]
     elif step.task in cfg.tasks:
         task = cfg.tasks[step.task]
         sections[f"tasks.{step.task}.args"] = task.args

@@ -7,6 +7,12 @@ replacement from the aligned pool, through the encoder of the model being traine
 one's `.module`), in the same backward as the task loss. The anchor term is not scaled by α, as in
 the paper's code (`align_wght 0.01`, `base_diff_wght 1`), and f0 is the original model.
 
+Realignment options (issue 19). `continual_kwargs` takes run_adjust.py's `RealignmentArguments`: the side loss
+is `build_alignment_loss`'s (word level, or `--align_level sentence`: InfoNCE over the side batch's sentences),
+`--freeze_layers` freezes those layers of the task model for the whole fine-tuning (`prepare_model`), and
+`--lora_r` is refused (docs/realignment.md). `align_schedule="alternate"` (`--align_schedule`) replaces the
+summed loss by alignment-only optimizer steps, one after each task step (`_alignment_step`; one process only).
+
 Gradient accumulation. The side loss is added on the first micro-step of each optimisation step,
 multiplied by the factor the Trainer will divide that micro-step's loss by (1 when the task loss is
 normalised by `num_items_in_batch`, the number of accumulated micro-batches otherwise), so it counts
@@ -59,8 +65,11 @@ from hf_xladjust.alignment.pairs import (
     read_aligned_pairs,
 )
 from hf_xladjust.alignment.parallel import ParallelDatasetArguments
+from hf_xladjust.alignment.realign import RealignmentArguments, prepare_model
+from hf_xladjust.alignment.sentence import build_alignment_loss, check_sentence_options
 from hf_xladjust.cli import OVERWRITE_HELP, load_pretrained
 from hf_xladjust.compat import accumulation_steps, ga_corrected_loss, trainer_divides_by_ga
+from hf_xladjust.errors import InputError
 from hf_xladjust.files import InputPath
 from hf_xladjust.sampling import subsample_indices
 from hf_xladjust.trainers.adjust import count_over_processes
@@ -85,6 +94,9 @@ class FineTuningArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch."})
     # Ours: transformers 5 dropped TrainingArguments.overwrite_output_dir (4.46 has it, unused by the Trainer).
     overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+
+ALIGN_SCHEDULES = ("sum", "alternate")
 
 
 @dataclass
@@ -121,8 +133,17 @@ class ContinualAlignArguments(ParallelDatasetArguments):
         metadata={"help": "f0 for the anchor term. Default: the original model; when --model_name_or_path is "
                           "a run_adjust.py output, the model that run started from (its run_args.json)."},
     )
+    align_schedule: str = field(
+        default="sum",
+        metadata={"help": "sum: one step on task loss + alignment loss (the paper's Eq. 2); alternate: after each "
+                          "task step, one alignment-only optimizer step on a side batch (after mid-align's "
+                          "alternate training; single process only).",
+                  "choices": list(ALIGN_SCHEDULES)},
+    )
 
     def __post_init__(self):
+        if self.align_schedule not in ALIGN_SCHEDULES:
+            raise InputError(f"--align_schedule must be one of {ALIGN_SCHEDULES}, got {self.align_schedule!r}")
         files = bool(self.align_source_file) + bool(self.align_target_file)
         if files == 1:
             raise ValueError("--align_source_file and --align_target_file go together")
@@ -166,6 +187,26 @@ def check_anchor_model(cont_args: ContinualAlignArguments, loss_args: AlignmentL
     load_pretrained(AutoConfig, path, flag, **{**model_kwargs, **({"revision": revision} if revision else {})})
 
 
+def check_realign_options(cont_args: ContinualAlignArguments, loss_args: AlignmentLossArguments,
+                          realign_args: Optional[RealignmentArguments], do_train: bool = True) -> None:
+    """One-line errors, before any data is read, for the issue-19 options a run_*_xl.py cannot honour:
+    LoRA in fine-tuning (not supported: adjust with run_adjust.py --lora_r --merge_lora and fine-tune the
+    merged model), and --align_level sentence / --freeze_layers without continual alignment (they configure
+    it; freezing alone is not a fine-tuning option here)."""
+    if realign_args is None:
+        return
+    if realign_args.enabled:
+        raise InputError("--lora_r is not supported in fine-tuning / continual alignment: adjust with run_adjust.py "
+                         "--lora_r R --merge_lora and fine-tune <output_dir>/merged (docs/realignment.md)")
+    asked = [flag for flag, on in (("--align_level sentence", realign_args.align_level == "sentence"),
+                                   ("--freeze_layers", realign_args.freeze_layers is not None)) if on]
+    if asked and not (cont_args.enabled and do_train):
+        raise InputError(f"{' and '.join(asked)} configure continual alignment: give aligned data "
+                         f"(--align_train_file, --align_source_file/--align_target_file, --parallel_dataset or "
+                         f"--aligned_pairs) and --do_train")
+    check_sentence_options(loss_args, realign_args)
+
+
 def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments, tokenizer,
                        seed: int, cache_dir: Optional[str] = None,
                        max_length: Optional[int] = None, hub_kwargs: Optional[Dict] = None) -> AlignedPairDataset:
@@ -194,13 +235,22 @@ def load_align_dataset(cont_args: ContinualAlignArguments, data_args: AlignmentD
 def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDataArguments,
                      loss_args: AlignmentLossArguments, tokenizer, model_name_or_path: str, seed: int,
                      alignment_cache_dir: Optional[str] = None, max_length: Optional[int] = None,
+                     realign_args: Optional[RealignmentArguments] = None, model=None,
                      **model_kwargs) -> Dict:
     """Keyword arguments for `ContinualAlignTrainer` from the parsed arguments of a run_*_xl.py script
     (empty when continual alignment is off), so the script reads `ContinualAlignTrainer(..., **kw)`.
     `model_kwargs` (`ModelArguments.hub_kwargs()`: cache_dir, revision, token, trust_remote_code) go to
-    `from_pretrained` of the config and of f0."""
+    `from_pretrained` of the config and of f0. `realign_args` (run_adjust.py's `RealignmentArguments`):
+    the loss is `build_alignment_loss`'s (word or sentence level), and --freeze_layers freezes those layers
+    of the task `model` in place (`prepare_model`) for the whole fine-tuning."""
     if not cont_args.enabled:
         return {}
+    realign_args = realign_args if realign_args is not None else RealignmentArguments()
+    check_realign_options(cont_args, loss_args, realign_args)
+    if realign_args.freeze_layers:
+        if model is None:
+            raise ValueError("--freeze_layers needs the task model: continual_kwargs(..., model=model)")
+        prepare_model(model, realign_args, need_anchor=False, align_layer=loss_args.align_layer)
     if max_length is None:  # as run_adjust.py: the tokenizer's limit, capped by the model's positions
         positions = getattr(AutoConfig.from_pretrained(model_name_or_path, **model_kwargs),
                             "max_position_embeddings", None)
@@ -214,8 +264,9 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
         logger.info("Anchor model f0: %s", anchor_path)
         # at the revision its adjustment loaded it at, if recorded; else at this run's (--model_revision)
         anchor = load_anchor_model(anchor_path, **{**model_kwargs, **({"revision": revision} if revision else {})})
-    loss = AlignmentLoss.from_args(loss_args, anchor_model=anchor, align_weight=cont_args.align_weight)
-    return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size}
+    loss = build_alignment_loss(loss_args, realign_args, anchor_model=anchor, align_weight=cont_args.align_weight)
+    return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size,
+            "align_schedule": cont_args.align_schedule}
 
 
 class ContinualAlignmentError(RuntimeError):
@@ -233,6 +284,17 @@ class _SideLossGuard(TrainerCallback):
         self.trainer._check_side_added()
 
 
+class _AlternateAlignStep(TrainerCallback):
+    """`--align_schedule alternate`: after each task optimizer step (once the Trainer has stepped the
+    scheduler and zeroed the gradients), one alignment-only optimizer step."""
+
+    def __init__(self, trainer: "ContinualAlignTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._alignment_step()
+
+
 class ContinualAlignTrainer(MetricsLoggingTrainer):
     """A `Trainer` whose training loss adds, once per optimisation step, the alignment loss of a side
     batch of aligned pairs (Eq. 2). `align_loss` and `anchor_loss` (unweighted, averaged over the
@@ -248,7 +310,9 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
     `alignment_loss`, f0 is loaded from `resolve_anchor_path(model.name_or_path)` (the original model,
     also when `model` is a run_adjust.py output) and the loss is `AlignmentLoss(f0, align_weight=0.01)`
     with anchor weight 1; an `AlignmentLoss` given without `align_weight` gets α = 0.01 too;
-    `align_batch_size` is 16.
+    `align_batch_size` is 16. `align_schedule="alternate"`: the task steps train the task loss alone and each is
+    followed by one alignment-only optimizer step (same optimizer, scheduler stepped on task steps only); `loss`
+    logs the task loss, `align_loss`/`anchor_loss` the alignment steps', `align_steps` their count.
 
     With your own Trainer subclass: `class MyAligned(MyTrainer, ContinualAlignTrainer)` or
     `(ContinualAlignTrainer, MyTrainer)`; `MyTrainer.compute_loss` may or may not call `super()`, and
@@ -262,8 +326,11 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
 
     def __init__(self, *args, align_dataset: Optional[Union[AlignedPairDataset, Sequence[AlignedPair]]] = None,
                  alignment_loss: Optional[AlignmentLoss] = None,
-                 align_batch_size: int = ContinualAlignArguments.align_batch_size, **kwargs):
+                 align_batch_size: int = ContinualAlignArguments.align_batch_size,
+                 align_schedule: str = ContinualAlignArguments.align_schedule, **kwargs):
         super().__init__(*args, **kwargs)
+        if align_schedule not in ALIGN_SCHEDULES:
+            raise ValueError(f"align_schedule must be one of {ALIGN_SCHEDULES}, got {align_schedule!r}")
         if align_dataset is not None and len(align_dataset) == 0:
             raise ValueError("align_dataset is empty")
         if align_batch_size < 1:
@@ -277,9 +344,14 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
             alignment_loss.align_weight = ContinualAlignArguments.align_weight
             alignment_loss.align_weight_given = True
         self.align_dataset, self.alignment_loss = align_dataset, alignment_loss
-        self.align_batch_size = align_batch_size
+        self.align_batch_size, self.align_schedule = align_batch_size, align_schedule
         self.align_enabled = (align_dataset is not None and alignment_loss is not None
                               and (alignment_loss.align_weight != 0 or alignment_loss.anchor_weight != 0))
+        # sum: the side loss joins the task loss in each step; alternate: its own steps (_alignment_step)
+        self._sum_side = self.align_enabled and align_schedule == "sum"
+        if self.align_enabled and align_schedule == "alternate" and self.args.world_size > 1:
+            raise InputError("--align_schedule alternate runs in one process only (its alignment steps bypass the "
+                             "DDP gradient sync); use --align_schedule sum with several processes")
         if alignment_loss is not None and align_dataset is None:
             logger.warning("alignment_loss given without align_dataset: training on the task loss only")
         pad_id = getattr(self.processing_class, "pad_token_id", None)
@@ -291,8 +363,11 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         self.batches_without_links = 0  # side batches whose links were all truncated away (pull term 0)
         self._side_done = (None, None)  # (TrainerState, global_step) whose side batch has been added
         self._task_scaling_checked = not self.check_task_loss_scaling
-        if self.align_enabled:
+        self.align_steps = 0  # alignment-only optimizer steps taken (--align_schedule alternate)
+        if self._sum_side:
             self.add_callback(_SideLossGuard(self))
+        elif self.align_enabled:
+            self.add_callback(_AlternateAlignStep(self))
 
     # ---- defaults (the scripts') ----
     def _tokenize_pairs(self, pairs: Sequence[AlignedPair]) -> AlignedPairDataset:
@@ -324,8 +399,8 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         batch = self.align_collator([self.align_dataset[i] for i in self._side_indices(step)])
         return self._prepare_inputs(batch)
 
-    def _side_loss(self, model) -> Dict[str, torch.Tensor]:
-        batch = self._side_batch(self.state.global_step)
+    def _side_loss(self, model, step: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        batch = self._side_batch(self.state.global_step if step is None else step)
         # f0 is not prepared by the accelerator, and the bare encoder's forward is not wrapped either.
         with self.accelerator.autocast():
             return self.alignment_loss(encoder_of(model), batch)
@@ -348,8 +423,30 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
             self.batches_without_links += 1
         return loss.float() + side["loss"] * scale
 
+    def _alignment_step(self) -> None:
+        """`--align_schedule alternate`: one optimizer step on the alignment loss alone, right after task step
+        s (global_step is s+1 here), on the side batch that the sum schedule would add to step s. Same
+        optimizer (Adam moments shared with the task steps) at the learning rate the scheduler now gives;
+        the scheduler and `global_step` advance on task steps only. Gradient clipping as the task steps."""
+        model = self.model
+        was_training = model.training
+        model.train()
+        side = self._side_loss(model, step=self.state.global_step - 1)
+        # Accelerator.backward divides by its accumulation steps (1 under the Trainer): undo it, one batch here
+        self.accelerator.backward(side["loss"] * self.accelerator.gradient_accumulation_steps)
+        if self.args.max_grad_norm is not None and self.args.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        model.zero_grad()
+        model.train(was_training)
+        self.align_steps += 1
+        for key in ("align_loss", "anchor_loss"):
+            self.record_metric(key, side[key])
+        if side["num_links"] == 0:
+            self.batches_without_links += 1
+
     def _check_side_added(self) -> None:
-        if self.align_enabled and not self._side_added():
+        if self._sum_side and not self._side_added():
             raise ContinualAlignmentError(
                 f"continual alignment: optimisation step {self.state.global_step} ended without the side loss; "
                 f"{type(self).__name__}.training_step must call super().training_step (ContinualAlignTrainer's)")
@@ -410,14 +507,14 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
         if model.training:  # a no-op where the Trainer's own GA division is right (see hf_xladjust.compat)
             task_loss = ga_corrected_loss(self, task_loss, num_items_in_batch)
         # The first micro-step of each optimisation step adds the side batch's loss, once.
-        if self.align_enabled and model.training and not self._side_added():
+        if self._sum_side and model.training and not self._side_added():
             task_loss = self._add_side_loss(model, task_loss, num_items_in_batch)
         return (task_loss, outputs) if return_outputs else task_loss
 
     def training_step(self, model, inputs, num_items_in_batch=None, *args, **kwargs):
         """The Trainer's step, with the side loss added to whatever `compute_loss` the class resolves to:
         also a user override before this class in the MRO that does not call `super().compute_loss`."""
-        if not self.align_enabled:
+        if not self._sum_side:  # no alignment, or its own steps (alternate)
             return super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
         task_compute_loss = self.compute_loss  # bound through the MRO: the user's override, if any
 
@@ -439,4 +536,6 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
     def log(self, logs, *args, **kwargs):
         if self.align_enabled and "loss" in logs:  # training logs; every process logs (a collective)
             logs["batches_without_links"] = count_over_processes(self, self.batches_without_links)
+            if self.align_schedule == "alternate":  # `loss` is the task loss; align_loss from alignment steps
+                logs["align_steps"] = self.align_steps
         super().log(logs, *args, **kwargs)
