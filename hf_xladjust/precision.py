@@ -96,6 +96,18 @@ def evaluation_autocast(device, amp: Optional[str]):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+def resolve_amp(amp: str, device_type: str) -> Optional[str]:
+    """The benchmarks' `--amp auto|no|fp16|bf16` as None, "fp16" or "bf16": auto is bf16 on a CUDA device with
+    bf16 or on a CPU with native bf16 (said in their output), else None (fp32)."""
+    if amp == "auto":
+        if device_type == "cpu":
+            return "bf16" if cpu_bf16_support() else None
+        import torch
+
+        return "bf16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return None if amp in ("no", None) else amp
+
+
 def auto_bf16() -> bool:
     """Whether `HF_XLADJUST_PRECISION=auto` turns bf16 on here: no accelerator and a CPU with native bf16."""
     mode = os.environ.get(PRECISION_ENV, "fp32").strip().lower() or "fp32"
