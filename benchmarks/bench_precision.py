@@ -13,7 +13,8 @@ Text: the demo corpora (demo_data/en-*.txt): sentences of 8-15 words, 3 joined a
 many as fill 384 tokens as a QA context; the retrieval set is 250 pairs of each language.
 
 fp32 and bf16 alternate step by step (the order swapped every round), each with its own copy of the model and
-its own optimizer, after one warm-up step each; the medians of wall and process CPU time are reported
+its own optimizer, after one warm-up step each; bf16 training steps use the math attention backend, as the
+scripts do on the CPU (hf_xladjust.precision.math_attention); the medians of wall and process CPU time are reported
 (the CPU time of one thread is the work done, steadier on shared cores). Under bf16 the losses, pooled vectors
 and scores are fp32, as in the scripts.
 
@@ -21,6 +22,7 @@ and scores are fp32, as in the scripts.
         [--output bench_precision.json]
 """
 import argparse
+import contextlib
 import copy
 import glob
 import json
@@ -38,7 +40,7 @@ for _var, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("T
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_xladjust.precision import cpu_bf16_support, cpu_flags  # noqa: E402
+from hf_xladjust.precision import cpu_bf16_support, cpu_flags, math_attention  # noqa: E402
 
 KINDS = ("adjust", "continual", "ner", "qa", "retrieval")
 PRECISIONS = ("fp32", "bf16")
@@ -162,12 +164,14 @@ class Steps:
 
     def _train(self, kind, precision, loss_fn):
         model, optimizer = self.models[precision][kind], self.optimizers[precision][kind]
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(precision, self.device):
-            loss = loss_fn(model)
-        assert loss.dtype == torch.float32, loss.dtype
-        loss.backward()
-        optimizer.step()
+        # the training scripts' attention for bf16 on the CPU (hf_xladjust.precision.math_attention)
+        with math_attention() if precision == "bf16" else contextlib.nullcontext():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(precision, self.device):
+                loss = loss_fn(model)
+            assert loss.dtype == torch.float32, loss.dtype
+            loss.backward()
+            optimizer.step()
         return float(loss.detach())
 
     def run(self, kind, precision):

@@ -85,10 +85,10 @@ def setup_logging(training_args, logger: logging.Logger) -> None:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logging.getLogger("hf_xladjust").setLevel(log_level)
-    if hasattr(training_args, "bf16"):
-        from hf_xladjust.precision import describe, training_precision
+    if hasattr(training_args, "bf16"):  # logs the precision (and picks bf16's CPU attention kernel)
+        from hf_xladjust.precision import setup_training_precision
 
-        logger.info(describe(training_precision(training_args)))
+        setup_training_precision(training_args, logger)
 
 
 CPU_THREADS_HELP = ("set OMP_NUM_THREADS=N for N threads: faster only on cores that nothing else uses "

@@ -26,6 +26,9 @@ def bf16_cpu(monkeypatch):
     monkeypatch.setenv(precision.FLAGS_ENV, "fpu sse avx512f avx512_bf16")
     monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     monkeypatch.setattr(precision, "accelerator_available", lambda: False)
+    flash = torch.backends.cuda.flash_sdp_enabled()
+    yield
+    torch.backends.cuda.enable_flash_sdp(flash)  # a bf16 CPU run switches it off for its process
 
 
 @pytest.fixture
@@ -207,7 +210,9 @@ def test_run_adjust_bf16_true_alone_trains_under_cpu_autocast(bf16_cpu, tmp_path
     assert f0_dtypes == [{torch.bfloat16}] * 2  # f0 under the same autocast
     run_args = json.loads((out / "run_args.json").read_text())
     assert run_args["precision"] == {"precision": "bf16", "device": "cpu", "autocast": True,
-                                     "cpu_bf16": "avx512_bf16"}
+                                     "cpu_bf16": "avx512_bf16",
+                                     "attention": "sdpa math backend (see math_attention)"}
+    assert not torch.backends.cuda.flash_sdp_enabled()  # bf16's CPU attention: the math backend
     assert run_args["training"]["bf16"] is True and run_args["training"]["use_cpu"] is True
 
 
