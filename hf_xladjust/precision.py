@@ -207,7 +207,7 @@ def setup_training_precision(training_args, log: logging.Logger) -> Dict[str, An
         import torch
 
         torch.backends.cuda.enable_flash_sdp(False)  # despite the name, also the CPU's flash kernel
-    log.info(describe(record))
+    log.warning(describe(record))  # shown at the default log level, as the HF examples' "16-bits training" line
     return record
 
 

@@ -174,7 +174,8 @@ def spy_compute_loss(monkeypatch, cls, seen):
     monkeypatch.setattr(cls, "compute_loss", compute_loss)
 
 
-def test_run_adjust_bf16_true_alone_trains_under_cpu_autocast(bf16_cpu, tmp_path, tiny_model_dir, monkeypatch):
+def test_run_adjust_bf16_true_alone_trains_under_cpu_autocast(bf16_cpu, tmp_path, tiny_model_dir, monkeypatch,
+                                                               caplog):
     import run_adjust
     from hf_xladjust.alignment import loss as loss_module
     from hf_xladjust.trainers.adjust import AdjustTrainer
@@ -213,6 +214,8 @@ def test_run_adjust_bf16_true_alone_trains_under_cpu_autocast(bf16_cpu, tmp_path
                                      "cpu_bf16": "avx512_bf16",
                                      "attention": "sdpa math backend (see math_attention)"}
     assert not torch.backends.cuda.flash_sdp_enabled()  # bf16's CPU attention: the math backend
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision: ")]
+    assert said and said[0].startswith("precision: bf16 on cpu (autocast; ") and "avx512_bf16" in said[0]
     assert run_args["training"]["bf16"] is True and run_args["training"]["use_cpu"] is True
 
 
