@@ -17,6 +17,9 @@ Offline, on a CPU, in a few minutes:
 The paper makes one pass over 30K sentences (~940 steps of 32); 250 training lines give 8 steps
 an epoch, so the demo makes 3 passes (24 steps) at the paper's learning rate, which fits the
 time limit on two CPU cores. All settings are flags and are printed.
+
+`--precision auto` (the default) runs stage 1 and the analysis under bf16 autocast where the CPU has AMX or
+AVX512-BF16 (hf_xladjust.precision), fp32 elsewhere; docs/results/bf16-fidelity.md compares the two.
 """
 import argparse
 import glob
