@@ -13,10 +13,10 @@ Text: the demo corpora (demo_data/en-*.txt): sentences of 8-15 words, 3 joined a
 many as fill 384 tokens as a QA context; the retrieval set is 250 pairs of each language.
 
 fp32 and bf16 alternate step by step (the order swapped every round), each with its own copy of the model and
-its own optimizer, after one warm-up step each; bf16 training steps use the math attention backend, as the
-scripts do on the CPU (hf_xladjust.precision.math_attention); the medians of wall and process CPU time are reported
-(the CPU time of one thread is the work done, steadier on shared cores). Under bf16 the losses, pooled vectors
-and scores are fp32, as in the scripts.
+its own optimizer, after one warm-up step each; bf16 training steps pick their attention kernel by length as
+the package's Trainers do on the CPU (hf_xladjust.precision.cpu_bf16_attention); the medians of wall and process
+CPU time are reported (the CPU time of one thread is the work done, steadier on shared cores). Under bf16 the
+losses, pooled vectors and scores are fp32, as in the scripts.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_precision.py [--repeats 3] [--kinds adjust continual] \\
         [--output bench_precision.json]
@@ -40,7 +40,7 @@ for _var, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("T
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_xladjust.precision import cpu_bf16_support, cpu_flags, math_attention  # noqa: E402
+from hf_xladjust.precision import cpu_bf16_attention, cpu_bf16_support, cpu_flags  # noqa: E402
 
 KINDS = ("adjust", "continual", "ner", "qa", "retrieval")
 PRECISIONS = ("fp32", "bf16")
@@ -164,8 +164,9 @@ class Steps:
 
     def _train(self, kind, precision, loss_fn):
         model, optimizer = self.models[precision][kind], self.optimizers[precision][kind]
-        # the training scripts' attention for bf16 on the CPU (hf_xladjust.precision.math_attention)
-        with math_attention() if precision == "bf16" else contextlib.nullcontext():
+        # the Trainer's attention kernel for bf16 on the CPU (hf_xladjust.precision.cpu_bf16_attention)
+        batch = {"adjust": self.adjust_batch, "continual": self.nli_batch, "ner": self.ner_batch, "qa": self.qa_batch}
+        with cpu_bf16_attention(batch[kind]) if precision == "bf16" else contextlib.nullcontext():
             optimizer.zero_grad(set_to_none=True)
             with autocast(precision, self.device):
                 loss = loss_fn(model)

@@ -10,6 +10,7 @@ autocast would emulate bf16, slower than fp32).
 keeps fp32 elsewhere; scripts keep fp32 as their default. `HF_XLADJUST_CPU_FLAGS` (space-separated flags, empty
 for none) replaces the detection, for tests and for a CPU whose flags are misreported.
 """
+import contextlib
 import json
 import logging
 import os
@@ -183,30 +184,43 @@ def training_precision(training_args) -> Dict[str, Any]:
     device = training_args.device
     record = precision_record(bool(training_args.bf16), bool(training_args.fp16), getattr(device, "type", str(device)))
     if record["precision"] == "bf16" and record["device"] == "cpu":
-        record["attention"] = "sdpa math backend (see math_attention)"
+        record["attention"] = f"sdpa math backend for steps of <= {MATH_ATTENTION_MAX_LENGTH} tokens, flash above"
     return record
 
 
-def math_attention():
-    """A context in which scaled-dot-product attention uses torch's math backend (bf16 matrix products).
+# Under bf16 on the CPU, torch 2.13's flash-attention kernel (forward + backward) took 0.16-0.20 s per layer and
+# 6,144 tokens whatever the length, 3x its fp32 time at short lengths, while the math backend (bf16 matrix
+# products) took 0.065 s at 32 tokens, 0.079 s at 64 and 0.175 s at 128, and more than flash from 192 on
+# (AVX512-BF16 without AMX, one thread). Per step: a continual NLI step of e5-small (52 tokens) went from 1.3x to
+# 1.8x faster than fp32 with the math backend, a QA step of 384-token windows is 1.5x with flash and 1.25x with
+# math (benchmarks/bench_precision.py).
+MATH_ATTENTION_MAX_LENGTH = 128
 
-    Why, for bf16 training on the CPU: torch 2.13's CPU flash-attention backward ran 5x slower in bf16 than in
-    fp32 (3.4 s against 0.66 s per continual NLI step of e5-small, one thread, AVX512-BF16 without AMX), which
-    took most of the bf16 gain; with the math backend the step went from 1.3x to 1.7x faster than fp32, and a
-    WikiANN-sized NER step from 1.2x to 1.7x (benchmarks/bench_precision.py; fp32 is the same either way)."""
+
+def batch_length(inputs: Dict[str, Any]) -> int:
+    """The longest padded sequence of a batch (task `input_ids`, or an aligned-pair batch's two sides)."""
+    lengths = [v.shape[-1] for k, v in inputs.items() if k.endswith("input_ids") and hasattr(v, "shape")]
+    return max(lengths, default=0)
+
+
+def math_attention():
+    """A context in which scaled-dot-product attention uses torch's math backend (bf16 matrix products)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def setup_training_precision(training_args, log: logging.Logger) -> Dict[str, Any]:
-    """Say the precision a training script runs in and, for bf16 on the CPU, switch its attention to the math
-    backend for the whole process (`math_attention`); returns the record run_args.json keeps."""
-    record = training_precision(training_args)
-    if "attention" in record:
-        import torch
+def cpu_bf16_attention(inputs: Dict[str, Any]):
+    """The attention kernel of one bf16 training step on the CPU: the math backend for batches of at most
+    MATH_ATTENTION_MAX_LENGTH tokens (see there), torch's choice (flash) for longer ones."""
+    if 0 < batch_length(inputs) <= MATH_ATTENTION_MAX_LENGTH:
+        return math_attention()
+    return contextlib.nullcontext()
 
-        torch.backends.cuda.enable_flash_sdp(False)  # despite the name, also the CPU's flash kernel
+
+def setup_training_precision(training_args, log: logging.Logger) -> Dict[str, Any]:
+    """Say the precision a training script runs in; returns the record run_args.json keeps."""
+    record = training_precision(training_args)
     log.warning(describe(record))  # shown at the default log level, as the HF examples' "16-bits training" line
     return record
 

@@ -26,9 +26,6 @@ def bf16_cpu(monkeypatch):
     monkeypatch.setenv(precision.FLAGS_ENV, "fpu sse avx512f avx512_bf16")
     monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     monkeypatch.setattr(precision, "accelerator_available", lambda: False)
-    flash = torch.backends.cuda.flash_sdp_enabled()
-    yield
-    torch.backends.cuda.enable_flash_sdp(flash)  # a bf16 CPU run switches it off for its process
 
 
 @pytest.fixture
@@ -129,6 +126,16 @@ def test_every_script_parses_bf16_true_alone(bf16_cpu, monkeypatch, script):
         parse_arguments(module.build_parser())
 
 
+def test_cpu_bf16_attention_by_length():
+    for length, flash in ((17, False), (128, False), (129, True), (384, True)):
+        inputs = {"input_ids": torch.zeros(2, length, dtype=torch.long), "labels": torch.zeros(2)}
+        with precision.cpu_bf16_attention(inputs):
+            assert torch.backends.cuda.flash_sdp_enabled() is flash, length
+        assert torch.backends.cuda.flash_sdp_enabled()
+    pair_batch = {"src_input_ids": torch.zeros(4, 20), "tgt_input_ids": torch.zeros(4, 140)}
+    assert precision.batch_length(pair_batch) == 140
+
+
 # --- what runs under autocast ---------------------------------------------------------------------------
 
 def joined_corpus(tmp_path, lang="es"):
@@ -180,8 +187,15 @@ def test_run_adjust_bf16_true_alone_trains_under_cpu_autocast(bf16_cpu, tmp_path
     from hf_xladjust.alignment import loss as loss_module
     from hf_xladjust.trainers.adjust import AdjustTrainer
 
-    seen, f0_dtypes = [], []
+    seen, f0_dtypes, kernels = [], [], []
     spy_compute_loss(monkeypatch, AdjustTrainer, seen)
+    choose = precision.cpu_bf16_attention
+
+    def spy_attention(inputs):
+        kernels.append(torch.backends.cuda.flash_sdp_enabled())
+        context = choose(inputs)
+        return context
+    monkeypatch.setattr(precision, "cpu_bf16_attention", spy_attention)
     anchor_vectors = loss_module.AlignmentLoss._anchor_vectors
 
     def spy_anchor(self, batch, device):  # f0's own hidden states: computed under the step's autocast
@@ -212,8 +226,9 @@ def test_run_adjust_bf16_true_alone_trains_under_cpu_autocast(bf16_cpu, tmp_path
     run_args = json.loads((out / "run_args.json").read_text())
     assert run_args["precision"] == {"precision": "bf16", "device": "cpu", "autocast": True,
                                      "cpu_bf16": "avx512_bf16",
-                                     "attention": "sdpa math backend (see math_attention)"}
-    assert not torch.backends.cuda.flash_sdp_enabled()  # bf16's CPU attention: the math backend
+                                     "attention": "sdpa math backend for steps of <= 128 tokens, flash above"}
+    assert len(kernels) == 2  # the Trainer chose the attention kernel for each training step
+    assert torch.backends.cuda.flash_sdp_enabled()  # the kernel choice is per step: nothing left switched off
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision: ")]
     assert said and said[0].startswith("precision: bf16 on cpu (autocast; ") and "avx512_bf16" in said[0]
     assert run_args["training"]["bf16"] is True and run_args["training"]["use_cpu"] is True
