@@ -141,16 +141,18 @@ sync = os.path.join(work, "sync_check.json")
 precision = {}
 for path in glob.glob(os.path.join(work, "grid", "**", "run_args.json"), recursive=True):
     record = json.load(open(path)).get("precision")
+    if record is None:  # the alignment step: no model runs there
+        continue
     precision[os.path.relpath(os.path.dirname(path), os.path.join(work, "grid"))] = record
 report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (GPU_CHECK_DRY_RUN)", "torch": torch.__version__, "cuda": torch.version.cuda,
           "wall_seconds": int(time.time()) - start, "ok": all(p["exit"] == 0 for p in parts.values()),
           "parts": parts, "sync_check": json.load(open(sync)) if os.path.exists(sync) else None,
           "grid_precision": precision,
           "grid_on_cuda_bf16": bool(precision) and all(
-              (r or {}).get("device") == device and (r or {}).get("precision") == "bf16" for r in precision.values())}
+              r.get("device") == device and r.get("precision") == "bf16" for r in precision.values())}
 with open(result, "w") as f:
     json.dump(report, f, indent=2)
 print(f"gpu_check.sh: {'all parts passed' if report['ok'] else 'SOME PARTS FAILED'} in {report['wall_seconds']} s; "
-      f"grid on cuda in bf16: {report['grid_on_cuda_bf16']}; wrote {result}")
+      f"grid on {device} in bf16: {report["grid_on_cuda_bf16"]}; wrote {result}")
 sys.exit(0 if report["ok"] and report["grid_on_cuda_bf16"] else 1)
 EOF
