@@ -153,6 +153,6 @@ report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu 
 with open(result, "w") as f:
     json.dump(report, f, indent=2)
 print(f"gpu_check.sh: {'all parts passed' if report['ok'] else 'SOME PARTS FAILED'} in {report['wall_seconds']} s; "
-      f"grid on {device} in bf16: {report["grid_on_cuda_bf16"]}; wrote {result}")
+      f"grid on {device} in bf16: {report['grid_on_cuda_bf16']}; wrote {result}")
 sys.exit(0 if report["ok"] and report["grid_on_cuda_bf16"] else 1)
 EOF
