@@ -192,7 +192,7 @@ def training_precision(training_args) -> Dict[str, Any]:
 # 6,144 tokens whatever the length, 3x its fp32 time at short lengths, while the math backend (bf16 matrix
 # products) took 0.065 s at 32 tokens, 0.079 s at 64 and 0.175 s at 128, and more than flash from 192 on
 # (AVX512-BF16 without AMX, one thread). Per step: a continual NLI step of e5-small (52 tokens) went from 1.3x to
-# 1.8x faster than fp32 with the math backend, a QA step of 384-token windows is 1.5x with flash and 1.25x with
+# 1.75x faster than fp32 with the math backend, a QA step of 384-token windows is 1.5x with flash and 1.25x with
 # math (benchmarks/bench_precision.py).
 MATH_ATTENTION_MAX_LENGTH = 128
 
