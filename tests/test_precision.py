@@ -81,12 +81,12 @@ def test_without_bf16_or_with_use_cpu_nothing_changes(bf16_cpu):
         assert precision.prepare_bf16_arguments(training_parser(), args) == args
 
 
-def test_refused_in_one_line_without_cpu_support(no_bf16_cpu):
+def test_refused_in_one_line_without_cpu_support(no_bf16_cpu, monkeypatch):
     with pytest.raises(InputError) as err:
         precision.prepare_bf16_arguments(training_parser(), ["--output_dir", "o", "--bf16", "true"])
     assert str(err.value) == REFUSAL
     # plain fp32 is untouched on such a CPU, even with the auto setting
-    os.environ[precision.PRECISION_ENV] = "auto"
+    monkeypatch.setenv(precision.PRECISION_ENV, "auto")
     assert precision.prepare_bf16_arguments(training_parser(), ["--output_dir", "o"]) == ["--output_dir", "o"]
 
 
@@ -348,3 +348,71 @@ def test_transform_statistics_stay_fp64_under_autocast(tiny):
     assert mixed.cross.dtype == torch.float64 and mixed.n == plain.n
     # bf16 forward, fp32/fp64 sums: the moments agree to bf16's precision, not bit for bit
     assert torch.allclose(mixed.moments("x")[0], plain.moments("x")[0], atol=0.05)
+
+
+def continual_pairs(tmp_path):
+    pairs = [AlignedPair(e.split(), s.split(), [(k, k) for k in range(min(len(e.split()), len(s.split())))])
+             for e, s in zip(fixture_lines("en"), fixture_lines("es"))]
+    write_aligned_pairs(str(tmp_path / "pairs.jsonl"), pairs)
+    return tmp_path / "pairs.jsonl"
+
+
+def test_run_ner_xl_continual_bf16_true_alone(bf16_cpu, tmp_path, tiny_model_dir, monkeypatch):
+    from test_ner import NER, check_outputs, train_file_of
+
+    import run_ner_xl
+    from hf_xladjust.trainers.continual import ContinualAlignTrainer
+
+    seen = []
+    spy_compute_loss(monkeypatch, ContinualAlignTrainer, seen)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "run_ner_xl.py", "--model_name_or_path", str(tiny_model_dir), "--train_file", str(train_file_of(tmp_path, 16)),
+        "--validation_file_pattern", str(NER / "dev-{lang}.tsv"), "--eval_languages", "es", "--do_train", "--do_eval",
+        "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--aligned_pairs",
+        str(continual_pairs(tmp_path)), "--align_batch_size", "4", "--output_dir", str(out), "--bf16", "true",
+        "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"])
+    run_ner_xl.run_main(run_ner_xl.main)
+    assert len(seen) == 2 and all(s["matmul_dtypes"] == {torch.bfloat16} and s["use_cpu"] for s in seen)
+    assert all(s["loss_dtype"] == torch.float32 for s in seen)
+    check_outputs(out, "eval", ["en", "es"])
+    assert json.loads((out / "run_args.json").read_text())["precision"]["precision"] == "bf16"
+
+
+def test_run_qa_xl_continual_bf16_true_alone(bf16_cpu, tmp_path, tiny_model_dir, monkeypatch):
+    from test_qa import QA, WINDOW, check_outputs, run_script
+
+    from hf_xladjust.trainers.qa import QuestionAnsweringTrainer
+
+    seen = []
+    spy_compute_loss(monkeypatch, QuestionAnsweringTrainer, seen)
+    out = tmp_path / "out"
+    run_script(monkeypatch, "--model_name_or_path", tiny_model_dir, "--train_file", QA / "train.json",
+               "--xquad_dir", QA, "--eval_languages", "es", "--do_train", "--do_predict",
+               "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--aligned_pairs",
+               continual_pairs(tmp_path), "--align_batch_size", "4", "--output_dir", out, *WINDOW, "--bf16", "true",
+               common=("--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"))
+    assert seen and all(s["matmul_dtypes"] == {torch.bfloat16} and s["use_cpu"] for s in seen)
+    assert all(s["loss_dtype"] == torch.float32 for s in seen)
+    check_outputs(out, {"test": ["xquad_es", "xquad_es-q_en-c", "xquad_en-q_es-c"]})
+    assert json.loads((out / "run_args.json").read_text())["precision"]["precision"] == "bf16"
+
+
+def test_run_xsr_bf16_on_the_cpu_and_its_refusal(bf16_cpu, tmp_path, tiny_model_dir, monkeypatch):
+    from test_xsr import read_outputs, run_xsr, write_tatoeba
+
+    folder = write_tatoeba(tmp_path / "tatoeba", ("es",))
+    runs = {}
+    for amp in ("fp32", "bf16"):
+        out = tmp_path / amp
+        run_xsr(monkeypatch, "--model_name_or_path", tiny_model_dir, "--tatoeba_dir", folder, "--languages", "es",
+                "--output_dir", out, *(["--bf16", "true"] if amp == "bf16" else []))
+        runs[amp] = read_outputs(out)[0]
+        record = json.loads((out / "run_args.json").read_text())["precision"]
+        assert (record["precision"], record["autocast"], record["cpu_bf16"]) == (amp, amp == "bf16", "avx512_bf16")
+    assert runs["bf16"]["xsr_es_mrr"] == pytest.approx(runs["fp32"]["xsr_es_mrr"], abs=0.1)
+    monkeypatch.setenv(precision.FLAGS_ENV, "avx2")
+    with pytest.raises(InputError, match="no native bf16"):
+        run_xsr(monkeypatch, "--model_name_or_path", tiny_model_dir, "--tatoeba_dir", folder, "--languages", "es",
+                "--output_dir", tmp_path / "refused", "--bf16", "true")
+    assert not (tmp_path / "refused").exists()
