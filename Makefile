@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 DEMO_LANG ?= es
 DEMO_DIR ?= outputs/demo
+# auto: bf16 autocast where the CPU has AMX or AVX512-BF16 (said in the output), fp32 elsewhere
+DEMO_PRECISION ?= auto
 
 # The model folder examples/grid_demo.yaml names (its model_name_or_path).
 GRID_DEMO_MODEL := .cache/e5-small-demo-es
@@ -38,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(OFFLINE) $(PY) demo.py --target_lang $(DEMO_LANG) --output_dir $(DEMO_DIR)
+	$(OFFLINE) $(PY) demo.py --target_lang $(DEMO_LANG) --output_dir $(DEMO_DIR) --precision $(DEMO_PRECISION)
 
 # e5-small converted offline, vocabulary pruned to the grid's corpus; renamed into place once complete,
 # so an interrupted conversion is redone rather than taken for a model.

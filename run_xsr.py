@@ -67,6 +67,8 @@ from hf_xladjust.evaluation.transforms import (
 )
 from hf_xladjust.files import InputPath, check_input_files, write_json, write_jsonl
 from hf_xladjust.model_card import save_model_card
+from hf_xladjust.precision import check_cpu_bf16, precision_record
+from hf_xladjust.precision import describe as describe_precision
 from hf_xladjust.tokenization import ensure_pad_token
 
 logger = logging.getLogger(__name__)
@@ -201,8 +203,11 @@ def main():
     device = torch.device(xsr_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = set_cpu_threads(device.type)
     amp = "fp16" if xsr_args.fp16 else "bf16" if xsr_args.bf16 else None
+    if amp == "bf16" and device.type == "cpu":
+        check_cpu_bf16()  # one line where the CPU has no native bf16
+    precision = precision_record(xsr_args.bf16, xsr_args.fp16, device.type)
     logger.info(f"device: {device}, autocast: {amp or 'no'}, pooling: {xsr_args.pooling}, "
-                f"direction: {xsr_args.direction}")
+                f"direction: {xsr_args.direction}; {describe_precision(precision)}")
 
     # The tokenizer and config first (a bad path fails in seconds); the model loads after the data.
     tokenizer = load_pretrained(AutoTokenizer, *model_args.tokenizer_source(),
@@ -267,7 +272,7 @@ def main():
                    sources={name: [p.source, p.target] for name, (p, _, _) in sets.items()},
                    representation_transform=transform.describe(
                        [lang for _, s, t in sets.values() for lang in (s, t) if retrieval_transform(transform, lang)]
-                   ) if transform else None, threads=threads)
+                   ) if transform else None, threads=threads, precision=precision)
     logger.info("***** xsr metrics: MRR (acc@1) per layer, * = best layer by MRR *****\n"
                 + format_layer_table(results))
     for name, result in results.items():

@@ -4,7 +4,8 @@
 The floor is one plain forward+backward of the same two batches (source and target sentences,
 stacked) with a mean-squared loss on the raw hidden states: what any loss on these tokens costs.
 The adjustment step adds word pooling, the link gather and the frozen f0 forward of the English
-side (no gradient). Run: python benchmarks/bench_adjust.py [--device cuda] [--amp bf16]
+side (no gradient). Run: python benchmarks/bench_adjust.py [--device cuda] [--amp auto|no|bf16]
+(auto, the default: bf16 on a GPU with bf16 or a CPU with AMX / AVX512-BF16, else fp32)
 """
 import argparse
 import copy
@@ -18,6 +19,7 @@ from transformers import BertConfig, BertModel
 
 from hf_xladjust.alignment.loss import AlignmentLoss
 from hf_xladjust.alignment.pairs import AlignedPairCollator
+from hf_xladjust.precision import cpu_bf16_support, resolve_amp
 
 
 def synthetic_features(n_pairs, words, rng, vocab_size):
@@ -60,10 +62,12 @@ def main():
     parser.add_argument("--words", type=int, default=30, help="mean words per sentence")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--amp", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on a GPU with bf16 or a CPU with AMX / AVX512-BF16, else fp32")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    args.amp = resolve_amp(args.amp, device.type) or "no"
     torch.manual_seed(0)
     config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden)
@@ -98,7 +102,8 @@ def main():
     floor = timed(floor_step, device, args.repeats)
     adjust = timed(adjust_step, device, args.repeats)
     tokens = int(batch["src_attention_mask"].sum() + batch["tgt_attention_mask"].sum())
-    print(f"device={device} amp={args.amp} threads={torch.get_num_threads()} config={args.layers}x{args.hidden} "
+    print(f"device={device} amp={args.amp} (CPU bf16: {cpu_bf16_support() or 'none'}) "
+          f"threads={torch.get_num_threads()} config={args.layers}x{args.hidden} "
           f"batch={args.batch} pairs, {tokens} real tokens, padded length {length}, "
           f"{len(batch['src_link_slots'])} links")
     print(f"floor (fwd+bwd, MSE on hidden states): {floor * 1000:.1f} ms")

@@ -38,6 +38,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_xladjust.alignment.loss import AlignmentLoss  # noqa: E402
 from hf_xladjust.alignment.pairs import AlignedPair, AlignedPairDataset  # noqa: E402
+from hf_xladjust.precision import cpu_bf16_support, resolve_amp  # noqa: E402
 from hf_xladjust.trainers.continual import ContinualAlignTrainer  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -71,12 +72,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--amp", choices=["auto", "no", "bf16"], default="auto",
+                        help="auto: bf16 on a GPU with bf16 or a CPU with AMX / AVX512-BF16, else fp32")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    amp = resolve_amp(args.amp, device)
 
     tmp = tempfile.mkdtemp(prefix="bench_continual_")
     tok = word_tokenizer(args.vocab, tmp)
@@ -101,7 +105,8 @@ def main():
             "labels": torch.as_tensor(rng.integers(0, 3, args.task_batch))}
 
     targs = TrainingArguments(output_dir=os.path.join(tmp, "out"), per_device_train_batch_size=args.task_batch,
-                              report_to=[], use_cpu=device == "cpu", disable_tqdm=True, max_steps=100)
+                              report_to=[], use_cpu=device == "cpu", disable_tqdm=True, max_steps=100,
+                              bf16=amp == "bf16")
     plain = Trainer(model=model, args=targs)
     cont = ContinualAlignTrainer(model=copy.deepcopy(model), args=targs, processing_class=tok, align_dataset=side,
                                  alignment_loss=AlignmentLoss(f0, anchor_weight=1.0, align_weight=0.01),
@@ -127,7 +132,8 @@ def main():
     t_f0 = args.side_pairs * side_len
     floor = (t_task + t_side + t_f0 / 3) / t_task
 
-    print(f"device={device} torch_threads={torch.get_num_threads()} model: {args.layers} layers x {args.hidden} "
+    print(f"device={device} amp={amp or 'no'} (CPU bf16: {cpu_bf16_support() or 'none'}) "
+          f"torch_threads={torch.get_num_threads()} model: {args.layers} layers x {args.hidden} "
           f"hidden, vocab {args.vocab}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     print(f"task batch {args.task_batch} x {args.task_length} = {t_task} tokens; side batch {args.side_pairs} pairs "
           f"x {args.side_words} words -> stacked {2 * args.side_pairs} x {stacked_len} = {t_side} tokens; "

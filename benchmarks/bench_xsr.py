@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from hf_xladjust.evaluation.retrieval import SentenceRetrievalEvaluator, read_tatoeba
+from hf_xladjust.precision import resolve_amp
 
 LANGS = ("es", "ru", "vi", "hi")
 
@@ -63,7 +64,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--amp", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on a GPU with bf16 or a CPU with AMX / AVX512-BF16, else fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -86,7 +88,8 @@ def main():
                                        args.layers, args.hidden, args.vocab)
         what = f"random BERT {args.layers} layers x {args.hidden} hidden"
     model = model.to(device).eval()
-    amp = None if args.amp == "no" else args.amp
+    amp = resolve_amp(args.amp, torch.device(args.device).type)
+    args.amp = amp or "no"
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
     evaluators = [SentenceRetrievalEvaluator(src, tgt, tokenizer, name=lang, batch_size=args.batch_size, amp=amp)
                   for lang, (src, tgt) in sets.items()]

@@ -2,6 +2,7 @@
 default, the record of its arguments and its one-line error exit."""
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -78,10 +79,15 @@ def parse_arguments(parser) -> tuple:
     """The HF examples' parsing (a single `.json` argument is a file of arguments), with the
     `__post_init__` checks' ValueErrors turned into InputErrors, so that `run_main` reports them as
     one line instead of a traceback."""
+    from hf_xladjust.precision import prepare_bf16_arguments
+
     try:
         if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-            return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
-        return parser.parse_args_into_dataclasses()
+            with open(os.path.abspath(sys.argv[1]), encoding="utf-8") as f:
+                values = json.load(f)
+            return parser.parse_dict(prepare_bf16_arguments(parser, json_args=values))
+        # `--bf16 true` on a CPU-only machine: `--use_cpu true` added, or a one-line refusal (hf_xladjust.precision)
+        return parser.parse_args_into_dataclasses(args=prepare_bf16_arguments(parser, sys.argv[1:]))
     except InputError:
         raise
     except ValueError as err:
@@ -163,6 +169,10 @@ def setup_logging(training_args, logger: logging.Logger) -> None:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     logging.getLogger("hf_xladjust").setLevel(log_level)
+    if hasattr(training_args, "bf16"):  # logs the precision (and picks bf16's CPU attention kernel)
+        from hf_xladjust.precision import setup_training_precision
+
+        setup_training_precision(training_args, logger)
 
 
 CPU_THREADS_HELP = ("set OMP_NUM_THREADS=N for N threads: faster only on cores that nothing else uses "
@@ -213,8 +223,15 @@ def write_run_args(output_dir: str, **sections) -> None:
             return value.to_dict()
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
-    write_json(os.path.join(output_dir, "run_args.json"),
-               {name: plain(value) for name, value in sections.items()}, default=str)
+    record = {name: plain(value) for name, value in sections.items()}
+    if "precision" not in record:  # the precision the run used, from its TrainingArguments
+        from hf_xladjust.precision import training_precision
+
+        args = next((v for v in sections.values() if hasattr(v, "bf16") and hasattr(v, "fp16")
+                     and hasattr(getattr(v, "device", None), "type")), None)
+        if args is not None:
+            record["precision"] = training_precision(args)
+    write_json(os.path.join(output_dir, "run_args.json"), record, default=str)
 
 
 def run_main(main) -> None:

@@ -49,6 +49,8 @@ from hf_xladjust.alignment.pairs import (
 from hf_xladjust.errors import InputError
 from hf_xladjust.evaluation.encoders import hf_model_and_tokenizer
 from hf_xladjust.files import write_json
+from hf_xladjust.precision import AMP_DTYPES, check_cpu_bf16, evaluation_autocast, precision_record
+from hf_xladjust.precision import describe as describe_precision
 from hf_xladjust.sampling import subsample_indices
 from hf_xladjust.tokenization import require_fast
 
@@ -165,14 +167,16 @@ class WordDistanceEvaluator:
 
     def __init__(self, pairs: Sequence[AlignedPair], tokenizer=None, seed: int = 42, layer: int = -1,
                  pooling: str = "mean", batch_size: int = 32, max_length: Optional[int] = None,
-                 name: str = ""):
+                 name: str = "", amp: Optional[str] = None):
+        if amp not in (None, *AMP_DTYPES):
+            raise ValueError(f"amp must be None, 'fp16' or 'bf16', got {amp!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not pairs:
             raise ValueError("no aligned sentence pairs to analyse")
         self.pairs = list(pairs)
         self.tokenizer, self.seed, self.layer, self.pooling = tokenizer, seed, layer, pooling
-        self.batch_size, self.max_length, self.name = batch_size, max_length, name
+        self.batch_size, self.max_length, self.name, self.amp = batch_size, max_length, name, amp
         self.word_pairs = sample_word_pairs(self.pairs, seed)
         self.distances: Dict[str, np.ndarray] = {}
         self._encoded: Dict[int, tuple] = {}
@@ -211,7 +215,8 @@ class WordDistanceEvaluator:
                 idx = order[start:start + self.batch_size]
                 batch = collate([enc.features[i] for i in idx])
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                vectors = dict(zip(("src", "tgt"), pair_word_vectors(encoder, batch, self.layer, self.pooling)))
+                with evaluation_autocast(device, self.amp):  # the forward pass; word vectors come out fp32
+                    vectors = dict(zip(("src", "tgt"), pair_word_vectors(encoder, batch, self.layer, self.pooling)))
                 for side, vecs in vectors.items():
                     counts = [enc.features[i][f"{side}_num_slots"] for i in idx]
                     for i, part in zip(idx, torch.split(vecs.float().cpu(), counts)):
@@ -330,6 +335,9 @@ class DistanceAnalysisArguments:
     batch_size: int = field(default=32, metadata={"help": "Sentence pairs per forward pass."})
     bins: int = field(default=50, metadata={"help": "Histogram bins."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
+    amp: Optional[str] = field(default=None, metadata={
+        "help": "fp16 or bf16: the forward passes under autocast (distances stay fp32); bf16 on a CPU needs AMX "
+                "or AVX512-BF16."})
     results_dir: Optional[str] = field(default=None, metadata={
         "help": "An experiment-grid results folder: measure the model states it holds for --lang and "
                 "--results_seed (original, adjusted, original/adjusted + fine-tuned on --task, adjusted + "
@@ -349,6 +357,8 @@ class DistanceAnalysisArguments:
             raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.results_dir and not self.lang:
             raise ValueError("--results_dir needs --lang (the language folder of the models)")
+        if self.amp not in (None, *AMP_DTYPES):
+            raise ValueError(f"--amp must be fp16 or bf16, got {self.amp!r}")
 
 
 MAX_MODELS = 5
@@ -471,7 +481,12 @@ def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArgum
     os.makedirs(args.output_dir, exist_ok=True)
     pairs, source = load_pairs(args, data_args)
     evaluator = WordDistanceEvaluator(pairs, seed=args.seed, layer=args.layer, pooling=args.pooling,
-                                      batch_size=args.batch_size, max_length=data_args.align_max_length)
+                                      batch_size=args.batch_size, max_length=data_args.align_max_length,
+                                      amp=args.amp)
+    precision = precision_record(args.amp == "bf16", args.amp == "fp16", device.type)
+    if args.amp == "bf16" and device.type == "cpu":
+        check_cpu_bf16("--amp bf16")
+    logger.info(describe_precision(precision))
     counts = {"sentence_pairs": len(pairs), **{k: int(len(v)) for k, v in evaluator.word_pairs.items()}}
     logger.info("word pairs: %s", counts)
 
@@ -487,7 +502,8 @@ def run_distances(args: DistanceAnalysisArguments, data_args: AlignmentDataArgum
     report = {"models": results, "counts": counts,
               "settings": {"seed": args.seed, "layer": args.layer, "pooling": args.pooling,
                            "max_sentences": data_args.max_sentences, "results_dir": args.results_dir,
-                           "lang": args.lang, "task": args.task, "results_seed": args.results_seed},
+                           "lang": args.lang, "task": args.task, "results_seed": args.results_seed,
+                           "precision": precision},
               "data": source}
     json_path = os.path.join(args.output_dir, "distances.json")
     write_json(json_path, report, default=str)

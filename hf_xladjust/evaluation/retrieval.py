@@ -37,6 +37,7 @@ from hf_xladjust.alignment.loss import encoder_of
 from hf_xladjust.errors import InputError
 from hf_xladjust.evaluation.encoders import hf_model_and_tokenizer
 from hf_xladjust.files import decode_line, read_lines
+from hf_xladjust.precision import evaluation_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -412,13 +413,12 @@ class SentenceRetrievalEvaluator:
             raise ValueError("no tokenizer: pass one to the evaluator or to the call")
         encoder = encoder_of(model)
         device = next(encoder.parameters()).device
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp)
         was_training = model.training
         model.eval()
         vectors = None
         try:
             for idx, ids, mask, weight in self.batches(tokenizer, model, device):
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                with evaluation_autocast(device, self.amp):  # bf16 on a CPU without it: one-line refusal
                     out = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
                 pooled = pool_layers(out.hidden_states, weight)
                 if vectors is None:

@@ -32,6 +32,16 @@ class MetricsLoggingTrainer(HubPushAtEnd, Trainer):
                 values.clear()
         super().log(logs, *args, **kwargs)
 
+    def training_step(self, model, inputs, *args, **kwargs):
+        """The Trainer's step; under bf16 on the CPU with the attention kernel that is faster for its length
+        (`hf_xladjust.precision.cpu_bf16_attention`)."""
+        if self.args.bf16 and self.args.device.type == "cpu":
+            from hf_xladjust.precision import cpu_bf16_attention
+
+            with cpu_bf16_attention(inputs):
+                return super().training_step(model, inputs, *args, **kwargs)
+        return super().training_step(model, inputs, *args, **kwargs)
+
     def _load_rng_state(self, checkpoint):
         with rng_state_load_context():  # transformers < 4.47 with torch 2.6+
             return super()._load_rng_state(checkpoint)
