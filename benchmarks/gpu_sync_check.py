@@ -24,18 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def word_tokenizer(vocab_size, out_dir):
-    """A WordPiece tokenizer whose vocabulary is `vocab_size` whole words w0, w1, ... (no training needed)."""
-    from transformers import BertTokenizerFast
-
-    path = os.path.join(out_dir, "vocab.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(SPECIALS + [f"w{i}" for i in range(vocab_size - len(SPECIALS))]) + "\n")
-    return BertTokenizerFast(vocab_file=path, do_lower_case=False, model_max_length=512)
+from bench_continual import SPECIALS, word_tokenizer  # noqa: E402  (this folder is on sys.path)
 
 
 def aligned_pool(n, words, vocab, rng):

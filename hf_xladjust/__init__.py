@@ -4,7 +4,7 @@ The public API, for your own scripts: `from hf_xladjust import ContinualAlignTra
 Names are imported on first use, so `import hf_xladjust` stays fast (transformers loads only when a
 trainer, loss or evaluator is asked for). Every object built without arguments has the scripts' defaults.
 """
-import importlib
+from hf_xladjust.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -42,18 +42,4 @@ _EXPORTS = {
                                "sample_std", "reciprocal_rank_by_layer"),
     "hf_xladjust.errors": ("InputError",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # imported once
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
