@@ -16,6 +16,7 @@ from hf_xladjust.errors import InputError
 logger = logging.getLogger(__name__)
 
 MERGED_SUBDIR = "merged"
+ADAPTER_SUBDIR = "adapter"  # continual alignment: <output_dir>/adapter beside the merged checkpoint
 
 
 @dataclass
@@ -72,14 +73,31 @@ def target_modules(args: LoraArguments, config) -> List[str]:
     return list(DEFAULTS[model_type])
 
 
-def apply_lora(model, args: LoraArguments):
-    """Wrap `model` in a PEFT LoRA model (in place: the base layers are the same tensors, frozen)."""
+def head_modules(model) -> List[str]:
+    """The task head of an `AutoModelFor…` model: its top-level children with parameters other than the
+    encoder (`base_model_prefix`), e.g. `classifier` (sequence/token classification), `qa_outputs` (QA),
+    `score` (Llama/Qwen2 classification). Empty for a bare `AutoModel`."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if not prefix or not hasattr(model, prefix) or getattr(model, prefix) is model:
+        return []
+    return [name for name, child in model.named_children()
+            if name != prefix and any(True for _ in child.parameters())]
+
+
+def apply_lora(model, args: LoraArguments, modules_to_save: Optional[List[str]] = None):
+    """Wrap `model` in a PEFT LoRA model (in place: the base layers are the same tensors, frozen; the LoRA
+    layers are injected into `model` itself, which stays the object that runs). `modules_to_save` (a task
+    head) train fully and are never adapted, also with `all-linear`."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise InputError("--lora_r needs PEFT: pip install 'hf-xladjust[lora]'") from None
+    heads = list(modules_to_save or [])
+    in_heads = [name for name, _ in model.named_modules()
+                if any(name == h or name.startswith(h + ".") for h in heads)]
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=target_modules(args, model.config), bias="none")
+                        target_modules=target_modules(args, model.config), bias="none",
+                        modules_to_save=heads or None, exclude_modules=in_heads or None)
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as err:  # "Target modules {...} not found in the base model"
@@ -92,13 +110,15 @@ def apply_lora(model, args: LoraArguments):
 
 class AdaptersOff:
     """f0 as the trained PEFT model with its adapters disabled (`disable_adapter()`), in eval mode and without
-    gradients for the call only: the base weights are shared, not copied.
+    gradients for the call only: the base weights are shared, not copied. `module` is what is called (default
+    the PEFT model; in continual alignment the task model's encoder, whose LoRA layers the switch turns off).
 
     It stands in for a frozen model where `AlignmentLoss` expects one: `eval()`, `requires_grad_()` and `to()`
     leave the shared model alone (it is the one being trained), since the mode is set per call."""
 
-    def __init__(self, peft_model):
+    def __init__(self, peft_model, module=None):
         self.peft_model = peft_model
+        self.module = module if module is not None else peft_model
 
     def __call__(self, *args, **kwargs):
         import torch  # here: the grid's planner reads MERGED_SUBDIR without loading torch
@@ -108,7 +128,7 @@ class AdaptersOff:
         model.eval()  # no dropout in f0
         try:
             with model.disable_adapter(), torch.no_grad():
-                return model(*args, **kwargs)
+                return self.module(*args, **kwargs)
         finally:
             model.train(was_training)
 
@@ -135,3 +155,14 @@ def save_merged(peft_model, output_dir: str, tokenizer=None) -> str:
         tokenizer.save_pretrained(path)
     logger.info("Merged LoRA weights saved in %s", path)
     return path
+
+
+def merge_in_place(peft_model, adapter_dir: Optional[str] = None):
+    """Fine-tuning's end (continual alignment with --lora_r): save the adapter and its trained head
+    (`modules_to_save`) in `adapter_dir` when given, then fold W + (α/r)·B·A into the base layers and put the
+    trained head in place of PEFT's wrapper. Both happen inside the task model that was wrapped, so the object
+    the Trainer holds becomes a plain `AutoModelFor…` model with the trained weights; it is returned."""
+    if adapter_dir:
+        peft_model.save_pretrained(adapter_dir)
+        logger.info("LoRA adapter (with the task head) saved in %s", adapter_dir)
+    return peft_model.merge_and_unload()

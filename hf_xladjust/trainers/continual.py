@@ -10,7 +10,10 @@ the paper's code (`align_wght 0.01`, `base_diff_wght 1`), and f0 is the original
 Realignment options (issue 19). `continual_kwargs` takes run_adjust.py's `RealignmentArguments`: the side loss
 is `build_alignment_loss`'s (word level, or `--align_level sentence`: InfoNCE over the side batch's sentences),
 `--freeze_layers` freezes those layers of the task model for the whole fine-tuning (`prepare_model`), and
-`--lora_r` is refused (docs/realignment.md). `align_schedule="alternate"` (`--align_schedule`) replaces the
+`--lora_r` puts LoRA adapters on the task model's encoder with its head fully trainable (PEFT `modules_to_save`),
+f0 being the same model with its adapters off; at the end of `train()` the adapter is saved in
+`<output_dir>/adapter` and merged into the model, so what is saved and evaluated is a plain checkpoint
+(`_finish_lora`; docs/realignment.md). `align_schedule="alternate"` (`--align_schedule`) replaces the
 summed loss by alignment-only optimizer steps, one after each task step (`_alignment_step`; one process only).
 
 Gradient accumulation. The side loss is added on the first micro-step of each optimisation step,
@@ -47,6 +50,7 @@ way). A callback checks before every optimizer step that the step's side loss wa
 import copy
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -55,6 +59,8 @@ import torch
 from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments
 
 from hf_xladjust.alignment.anchor import load_anchor_model, resolve_anchor, resolve_anchor_path  # noqa: F401 (re-exported)
+from hf_xladjust.alignment.freeze import freeze_layers
+from hf_xladjust.alignment.lora import ADAPTER_SUBDIR, AdaptersOff, apply_lora, head_modules, merge_in_place
 from hf_xladjust.alignment.loss import AlignmentLoss, AlignmentLossArguments, encoder_of
 from hf_xladjust.alignment.pairs import (
     AlignedPair,
@@ -190,14 +196,19 @@ def check_anchor_model(cont_args: ContinualAlignArguments, loss_args: AlignmentL
 def check_realign_options(cont_args: ContinualAlignArguments, loss_args: AlignmentLossArguments,
                           realign_args: Optional[RealignmentArguments], do_train: bool = True) -> None:
     """One-line errors, before any data is read, for the issue-19 options a run_*_xl.py cannot honour:
-    LoRA in fine-tuning (not supported: adjust with run_adjust.py --lora_r --merge_lora and fine-tune the
-    merged model), and --align_level sentence / --freeze_layers without continual alignment (they configure
-    it; freezing alone is not a fine-tuning option here)."""
+    LoRA without continual alignment (plain LoRA fine-tuning is not offered) or with a separate f0
+    (--anchor_model_name_or_path: with LoRA f0 is the model itself, adapters off), and --align_level sentence /
+    --freeze_layers without continual alignment (they configure it; freezing alone is not a fine-tuning
+    option here)."""
     if realign_args is None:
         return
-    if realign_args.enabled:
-        raise InputError("--lora_r is not supported in fine-tuning / continual alignment: adjust with run_adjust.py "
-                         "--lora_r R --merge_lora and fine-tune <output_dir>/merged (docs/realignment.md)")
+    if realign_args.enabled and not (cont_args.enabled and do_train):
+        raise InputError("--lora_r in fine-tuning works with continual alignment only: give aligned data "
+                         "(--align_train_file, --align_source_file/--align_target_file, --parallel_dataset or "
+                         "--aligned_pairs) and --do_train (docs/realignment.md)")
+    if realign_args.enabled and cont_args.anchor_model_name_or_path:
+        raise InputError("--anchor_model_name_or_path does not go with --lora_r: f0 is the model being fine-tuned "
+                         "with its adapters off (docs/realignment.md)")
     asked = [flag for flag, on in (("--align_level sentence", realign_args.align_level == "sentence"),
                                    ("--freeze_layers", realign_args.freeze_layers is not None)) if on]
     if asked and not (cont_args.enabled and do_train):
@@ -247,9 +258,16 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
         return {}
     realign_args = realign_args if realign_args is not None else RealignmentArguments()
     check_realign_options(cont_args, loss_args, realign_args)
-    if realign_args.freeze_layers:
-        if model is None:
-            raise ValueError("--freeze_layers needs the task model: continual_kwargs(..., model=model)")
+    needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
+    lora_model = anchor = None
+    if (realign_args.freeze_layers or realign_args.enabled) and model is None:
+        raise ValueError("--freeze_layers and --lora_r need the task model: continual_kwargs(..., model=model)")
+    if realign_args.enabled:  # adapters injected into `model` itself; the head trains fully
+        lora_model = apply_lora(model, realign_args, modules_to_save=head_modules(model))
+        anchor = AdaptersOff(lora_model, encoder_of(model)) if needs_f0 else None
+        if realign_args.freeze_layers:
+            freeze_layers(model, realign_args.freeze_layers, loss_args.align_layer)
+    elif realign_args.freeze_layers:
         prepare_model(model, realign_args, need_anchor=False, align_layer=loss_args.align_layer)
     if max_length is None:  # as run_adjust.py: the tokenizer's limit, capped by the model's positions
         positions = getattr(AutoConfig.from_pretrained(model_name_or_path, **model_kwargs),
@@ -257,16 +275,15 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
         max_length = min(data_args.align_max_length or tokenizer.model_max_length, positions or int(1e9))
     dataset = load_align_dataset(cont_args, data_args, tokenizer, seed, alignment_cache_dir, max_length,
                                  {k: v for k, v in model_kwargs.items() if k in ("cache_dir", "token")})
-    needs_f0 = loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"
-    anchor = None
-    if needs_f0:
+    if needs_f0 and anchor is None:
         anchor_path, revision = resolve_anchor(model_name_or_path, cont_args.anchor_model_name_or_path)
         logger.info("Anchor model f0: %s", anchor_path)
         # at the revision its adjustment loaded it at, if recorded; else at this run's (--model_revision)
         anchor = load_anchor_model(anchor_path, **{**model_kwargs, **({"revision": revision} if revision else {})})
     loss = build_alignment_loss(loss_args, realign_args, anchor_model=anchor, align_weight=cont_args.align_weight)
-    return {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size,
-            "align_schedule": cont_args.align_schedule}
+    kwargs = {"align_dataset": dataset, "alignment_loss": loss, "align_batch_size": cont_args.align_batch_size,
+              "align_schedule": cont_args.align_schedule}
+    return {**kwargs, "lora_model": lora_model} if lora_model is not None else kwargs
 
 
 class ContinualAlignmentError(RuntimeError):
@@ -327,8 +344,9 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
     def __init__(self, *args, align_dataset: Optional[Union[AlignedPairDataset, Sequence[AlignedPair]]] = None,
                  alignment_loss: Optional[AlignmentLoss] = None,
                  align_batch_size: int = ContinualAlignArguments.align_batch_size,
-                 align_schedule: str = ContinualAlignArguments.align_schedule, **kwargs):
+                 align_schedule: str = ContinualAlignArguments.align_schedule, lora_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.lora_model = lora_model  # PEFT wrapper of self.model (--lora_r): merged at the end of train()
         if align_schedule not in ALIGN_SCHEDULES:
             raise ValueError(f"align_schedule must be one of {ALIGN_SCHEDULES}, got {align_schedule!r}")
         if align_dataset is not None and len(align_dataset) == 0:
@@ -532,6 +550,23 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
             return super().training_step(model, inputs, num_items_in_batch, *args, **kwargs)
         finally:
             del self.compute_loss
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.lora_model is not None:
+            self._finish_lora()
+        return result
+
+    def _finish_lora(self) -> None:
+        """--lora_r: save the adapter (+ head) in <output_dir>/adapter, then merge it into the task model in
+        place, so that save_model(), evaluation and prediction use the plain model with the trained weights."""
+        adapter_dir = os.path.join(self.args.output_dir, ADAPTER_SUBDIR) if self.args.should_save else None
+        merged = merge_in_place(self.lora_model, adapter_dir)
+        if merged is not self.accelerator.unwrap_model(self.model):
+            raise RuntimeError("LoRA merge did not happen in the trained model")
+        self.lora_model = None
+        self.align_enabled = self._sum_side = False  # f0 (adapters off) is gone with the adapters
+        self.model_wrapped = self.model
 
     def log(self, logs, *args, **kwargs):
         if self.align_enabled and "loss" in logs:  # training logs; every process logs (a collective)
