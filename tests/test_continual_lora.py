@@ -210,3 +210,23 @@ def test_run_glue_xl_continual_lora_end_to_end(tiny_model_dir, tmp_path, monkeyp
         second = [json.loads(ln) for ln in (again / f"predictions_test_{lang}.jsonl").read_text().splitlines()]
         assert [r["pred"] for r in first] == [r["pred"] for r in second]
         assert [r["score"] for r in first] == pytest.approx([r["score"] for r in second], abs=1e-5)
+
+
+def test_lora_resumes_from_a_checkpoint_as_an_uninterrupted_run(tiny_model_dir, tok, tmp_path):
+    """Checkpoints hold the adapted task model (LoRA matrices, head, optimizer state); a run resumed from step 2
+    ends with the same merged weights as the run that went through, with gradient accumulation."""
+    def run(out, resume=None):
+        model, _, kw = setup(tiny_model_dir, tok, tmp_path)
+        trainer = ContinualAlignTrainer(
+            model=model, args=targs(out, max_steps=4, save_strategy="steps", save_steps=2,
+                                    gradient_accumulation_steps=2),
+            train_dataset=task_dataset(tok, n=64), data_collator=DataCollatorWithPadding(tok),
+            processing_class=tok, **kw)
+        trainer.train(resume_from_checkpoint=resume)
+        return model.state_dict()
+
+    full = run(tmp_path / "full")
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    assert set(full) == set(resumed) and not any("lora" in k for k in full)
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6)
