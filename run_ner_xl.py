@@ -224,7 +224,8 @@ def main():
     ensure_pad_token(tokenizer, config)
     check_realign_options(cont_args, loss_args, realign_args, training_args.do_train)
     if training_args.do_train:
-        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
+        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, realign_args=realign_args,
+                           **model_args.hub_kwargs())
 
     # Load the data: the English training set; validation and test sets of English and every evaluation language.
     hub_kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}

@@ -231,7 +231,8 @@ def main():
     ensure_pad_token(tokenizer, config)
     check_realign_options(cont_args, loss_args, realign_args, training_args.do_train)
     if training_args.do_train:
-        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, **model_args.hub_kwargs())
+        check_anchor_model(cont_args, loss_args, model_args.model_name_or_path, realign_args=realign_args,
+                           **model_args.hub_kwargs())
 
     # Get the datasets: English training questions (SQuAD JSON or a Hub dataset in the `squad` layout);
     # validation and test sets, each a named QASet that knows how it is scored.

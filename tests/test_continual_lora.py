@@ -230,3 +230,18 @@ def test_lora_resumes_from_a_checkpoint_as_an_uninterrupted_run(tiny_model_dir, 
     assert set(full) == set(resumed) and not any("lora" in k for k in full)
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6)
+
+
+def test_lora_with_frozen_lower_layers(tiny_model_dir, tok, tmp_path):
+    """--freeze_layers lower with --lora_r: block 0's adapters stay off the optimizer, so its merged weights are
+    the start model's byte for byte, while block 1's query/value and the head move."""
+    model, start, kw = setup(tiny_model_dir, tok, tmp_path, freeze_layers="lower")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("bert.encoder.layer.0.") for n in trainable)
+    trainer = ContinualAlignTrainer(model=model, args=targs(tmp_path / "out"), train_dataset=task_dataset(tok, n=24),
+                                    data_collator=DataCollatorWithPadding(tok), processing_class=tok, **kw)
+    trainer.train()
+    weights = model.state_dict()
+    moved = sorted(k for k in start if not torch.equal(weights[k], start[k]))
+    block1 = "bert.encoder.layer.1.attention.self"
+    assert moved == [f"{block1}.query.weight", f"{block1}.value.weight", "classifier.bias", "classifier.weight"]

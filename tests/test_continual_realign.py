@@ -1,6 +1,7 @@
 """Issue 19 in continual alignment: --align_schedule alternate (optimizer steps alternate task / alignment-only,
 each with the gradient of its own loss, computed by hand), --freeze_layers (frozen layers byte-identical after
-fine-tuning), --align_level sentence in the side batch, and the one-line refusals of the run_*_xl.py scripts."""
+fine-tuning), --align_level sentence in the side batch, and the one-line refusals of the run_*_xl.py scripts
+(LoRA in continual alignment: tests/test_continual_lora.py)."""
 import copy
 import importlib
 import sys
@@ -188,9 +189,8 @@ def test_frozen_layers_stay_byte_identical_in_continual_training(tiny_model_dir,
 def test_one_line_refusals(tok, tmp_path):
     cont_off = ContinualAlignArguments()
     loss_args = AlignmentLossArguments()
-    with pytest.raises(InputError, match=r"^--lora_r is not supported in fine-tuning / continual alignment"):
-        check_realign_options(ContinualAlignArguments(aligned_pairs="p.jsonl"), loss_args,
-                              RealignmentArguments(lora_r=8))
+    with pytest.raises(InputError, match=r"^--lora_r in fine-tuning works with continual alignment only"):
+        check_realign_options(cont_off, loss_args, RealignmentArguments(lora_r=8))
     with pytest.raises(InputError, match=r"^--freeze_layers configure continual alignment: give aligned data"):
         check_realign_options(cont_off, loss_args, RealignmentArguments(freeze_layers="lower"))
     with pytest.raises(InputError, match=r"^--align_level sentence configure continual alignment"):
@@ -213,16 +213,16 @@ def test_scripts_take_the_realignment_flags(script):
     assert parsed["AlignmentLossArguments"].align_layer == 1
 
 
-def test_script_refuses_lora_in_one_line(tiny_model_dir, tmp_path, monkeypatch):
+def test_script_refuses_plain_lora_fine_tuning_in_one_line(tiny_model_dir, tmp_path, monkeypatch):
+    """--lora_r without aligned data (plain fine-tuning) is refused; with it, see tests/test_continual_lora.py."""
     import run_glue_xl
 
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["run_glue_xl.py", "--model_name_or_path", tiny_model_dir, "--output_dir",
-                                      str(out), "--do_train", "--aligned_pairs", str(tmp_path / "p.jsonl"),
-                                      "--lora_r", "4", "--train_file", str(tmp_path / "t.tsv")])
-    (tmp_path / "p.jsonl").write_text("")
+                                      str(out), "--do_train", "--lora_r", "4",
+                                      "--train_file", str(tmp_path / "t.tsv")])
     (tmp_path / "t.tsv").write_text("")
     with pytest.raises(SystemExit) as exit_info:
         run_glue_xl.run_main(run_glue_xl.main)
-    assert "--lora_r is not supported in fine-tuning" in str(exit_info.value.code)
+    assert "--lora_r in fine-tuning works with continual alignment only" in str(exit_info.value.code)
     assert "\n" not in str(exit_info.value.code).strip()

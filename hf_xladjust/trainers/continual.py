@@ -180,11 +180,14 @@ def continual_input_files(args) -> List[InputPath]:
 
 
 def check_anchor_model(cont_args: ContinualAlignArguments, loss_args: AlignmentLossArguments,
-                       model_name_or_path: str, **model_kwargs) -> None:
+                       model_name_or_path: str, realign_args: Optional[RealignmentArguments] = None,
+                       **model_kwargs) -> None:
     """When continual alignment will load f0, load its config now: a bad --anchor_model_name_or_path (or a
     start model recorded in an adjusted model's run_args.json that is gone) is one line before any data is
-    read, not a traceback after the alignment."""
+    read, not a traceback after the alignment. With --lora_r nothing is loaded: f0 is the model itself."""
     if not cont_args.enabled or not (loss_args.anchor_weight != 0 or loss_args.pull_target == "frozen"):
+        return
+    if realign_args is not None and realign_args.enabled:
         return
     path, revision = resolve_anchor(model_name_or_path, cont_args.anchor_model_name_or_path)
     flag = ("--anchor_model_name_or_path" if cont_args.anchor_model_name_or_path
