@@ -245,3 +245,44 @@ def test_lora_with_frozen_lower_layers(tiny_model_dir, tok, tmp_path):
     moved = sorted(k for k in start if not torch.equal(weights[k], start[k]))
     block1 = "bert.encoder.layer.1.attention.self"
     assert moved == [f"{block1}.query.weight", f"{block1}.value.weight", "classifier.bias", "classifier.weight"]
+
+
+def only_adapted_weights_moved(out, auto_class, tiny_model_dir, head):
+    """The output folder is a plain checkpoint of `auto_class`; in its encoder only query/value moved."""
+    model = auto_class.from_pretrained(out)
+    merged, start = model.bert.state_dict(), AutoModel.from_pretrained(tiny_model_dir).state_dict()
+    changed = sorted(k for k in merged if k in start and not torch.equal(merged[k], start[k]))
+    assert changed == [f"encoder.layer.{i}.attention.self.{m}.weight" for i in range(2) for m in ("query", "value")]
+    assert hasattr(model, head) and (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_run_ner_xl_continual_lora(tmp_path, tiny_model_dir, monkeypatch):
+    from test_ner import NER, run_script, train_file_of
+    from test_ner import check_outputs as check_ner
+    from transformers import AutoModelForTokenClassification
+
+    write_aligned_pairs(str(tmp_path / "pairs.jsonl"), side_pairs(("es",)))
+    out = tmp_path / "out"
+    run_script(monkeypatch, "--model_name_or_path", tiny_model_dir, "--train_file", train_file_of(tmp_path, 16),
+               "--validation_file_pattern", NER / "dev-{lang}.tsv", "--eval_languages", "es", "--do_train",
+               "--do_eval", "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--learning_rate", "1e-2",
+               "--aligned_pairs", tmp_path / "pairs.jsonl", "--align_batch_size", "4", "--lora_r", "2",
+               "--output_dir", out)
+    check_ner(out, "eval", ["en", "es"])
+    only_adapted_weights_moved(out, AutoModelForTokenClassification, tiny_model_dir, "classifier")
+
+
+def test_run_qa_xl_continual_lora(tmp_path, tiny_model_dir, monkeypatch):
+    from test_qa import QA, WINDOW, run_script
+    from test_qa import check_outputs as check_qa
+    from transformers import AutoModelForQuestionAnswering
+
+    write_aligned_pairs(str(tmp_path / "pairs.jsonl"), side_pairs(("es",)))
+    out = tmp_path / "out"
+    run_script(monkeypatch, "--model_name_or_path", tiny_model_dir, "--train_file", QA / "train.json",
+               "--xquad_dir", QA, "--eval_languages", "es", "--do_train", "--do_predict",
+               "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--learning_rate", "1e-2",
+               "--aligned_pairs", tmp_path / "pairs.jsonl", "--align_batch_size", "4", "--lora_r", "2",
+               "--output_dir", out, *WINDOW)
+    check_qa(out, {"test": ["xquad_es", "xquad_es-q_en-c", "xquad_en-q_es-c"]})
+    only_adapted_weights_moved(out, AutoModelForQuestionAnswering, tiny_model_dir, "qa_outputs")
