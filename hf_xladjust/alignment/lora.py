@@ -1,10 +1,14 @@
-"""LoRA adapters for realignment, through PEFT (issue 19.1).
+"""LoRA adapters for realignment, through PEFT (issue 19.1): in run_adjust.py and in continual alignment.
 
 Only the low-rank adapters train; f0 for the anchor term is the same model with its adapters switched off
 (`AdaptersOff`), so no second copy of the weights is held. The output folder holds the adapter (PEFT's
 `adapter_config.json` + `adapter_model.safetensors`); `--merge_lora` also writes W + (α/r)·B·A as a plain
 checkpoint in `<output_dir>/merged`. It cannot sit beside the adapter: transformers, with PEFT installed,
 loads a folder that has `adapter_config.json` as base + adapter, which would apply the update twice.
+
+In continual alignment (run_*_xl.py) the adapters sit on the task model's encoder and its head
+(`head_modules`) trains fully as PEFT `modules_to_save`; at the end of training `merge_in_place` saves the
+adapter in `<output_dir>/adapter` and folds it into the task model, which is then saved as a plain checkpoint.
 """
 import logging
 import os
@@ -24,7 +28,10 @@ class LoraArguments:
     """LoRA through PEFT; off unless --lora_r is positive."""
 
     lora_r: int = field(
-        default=0, metadata={"help": "LoRA rank; 0 (the default) trains every weight, as the paper. mid-align: 8."}
+        default=0, metadata={"help": "LoRA rank; 0 (the default) trains every weight, as the paper. mid-align: 8. "
+                                     "In run_*_xl.py (with continual alignment only): adapters on the task model's "
+                                     "encoder, the head trained fully, f0 = the model with adapters off; the output "
+                                     "is the merged model (adapter in <output_dir>/adapter)."}
     )
     lora_alpha: float = field(
         default=16.0, metadata={"help": "LoRA α: the update is (α/r)·B·A (mid-align's config/lora_config.json: 16)."}
@@ -40,8 +47,9 @@ class LoraArguments:
     )
     merge_lora: bool = field(
         default=False,
-        metadata={"help": "Also save the merged weights W + (α/r)·B·A in <output_dir>/merged, loadable with "
-                          "AutoModel / AutoModelFor... without PEFT."},
+        metadata={"help": "run_adjust.py: also save the merged weights W + (α/r)·B·A in <output_dir>/merged, "
+                          "loadable with AutoModel / AutoModelFor... without PEFT. (run_*_xl.py always save the "
+                          "merged model.)"},
     )
 
     def __post_init__(self):
