@@ -255,8 +255,10 @@ def continual_kwargs(cont_args: ContinualAlignArguments, data_args: AlignmentDat
     (empty when continual alignment is off), so the script reads `ContinualAlignTrainer(..., **kw)`.
     `model_kwargs` (`ModelArguments.hub_kwargs()`: cache_dir, revision, token, trust_remote_code) go to
     `from_pretrained` of the config and of f0. `realign_args` (run_adjust.py's `RealignmentArguments`):
-    the loss is `build_alignment_loss`'s (word or sentence level), and --freeze_layers freezes those layers
-    of the task `model` in place (`prepare_model`) for the whole fine-tuning."""
+    the loss is `build_alignment_loss`'s (word or sentence level), --freeze_layers freezes those layers
+    of the task `model` in place (`prepare_model`) for the whole fine-tuning, and --lora_r injects LoRA adapters
+    into the task `model`'s encoder (head trained as `modules_to_save`; f0 = the model with adapters off) and
+    adds `lora_model` (PEFT's wrapper) to the kwargs: the trainer merges it at the end of `train()`."""
     if not cont_args.enabled:
         return {}
     realign_args = realign_args if realign_args is not None else RealignmentArguments()
@@ -333,6 +335,8 @@ class ContinualAlignTrainer(MetricsLoggingTrainer):
     `align_batch_size` is 16. `align_schedule="alternate"`: the task steps train the task loss alone and each is
     followed by one alignment-only optimizer step (same optimizer, scheduler stepped on task steps only); `loss`
     logs the task loss, `align_loss`/`anchor_loss` the alignment steps', `align_steps` their count.
+    `lora_model` (from `continual_kwargs` with --lora_r): the PEFT wrapper of `model`; at the end of `train()`
+    its adapter is saved in `<output_dir>/adapter` and merged into `model`, which then saves as a plain checkpoint.
 
     With your own Trainer subclass: `class MyAligned(MyTrainer, ContinualAlignTrainer)` or
     `(ContinualAlignTrainer, MyTrainer)`; `MyTrainer.compute_loss` may or may not call `super()`, and
