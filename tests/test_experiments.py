@@ -744,6 +744,51 @@ def test_the_e5_regimes_grid_plans_on_the_shared_data(tmp_path, shared_data, tin
     assert len([n for n in names if n.startswith(("xsr/rotation/", "xsr/normalized/"))]) == 8
 
 
+
+REALIGN_SPLIT = (  # the two grid processes of docs/results/e5-small-realign.md, as the yaml's header gives them
+    ["adjust/es/*", "adjust_frozen/es/*", "nli/original/*", "nli/*/es/*", "xsr_nli/original/*", "xsr_nli/*/es/*",
+     "xsr/adjusted/es/*", "xsr/adjusted_frozen/es/*"],
+    ["adjust_lora/*", "adjust_sentence/*", "adjust/hi/*", "adjust_frozen/hi/*", "xsr/original/*", "xsr/*/hi/*",
+     "xsr/adjusted_lora/es/*", "xsr/adjusted_sentence/es/*"])
+
+
+def test_the_e5_realign_grid_plans_on_the_shared_data(tmp_path, shared_data, tiny_model_dir, capsys):
+    """examples/grid_e5_realign_offline.yaml (docs/results/e5-small-realign.md): its 56 steps pass their
+    parsers with every input file there; each realignment regime gets its own run_adjust.py flags; the two
+    --only commands of its header cover every step but the Hindi NLI runs, and no step twice."""
+    import fnmatch
+    text = (ROOT / "examples" / "grid_e5_realign_offline.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    cfg.update(model_name_or_path=str(tiny_model_dir), results_dir=str(tmp_path / "results"), workdir=str(ROOT))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert grid_main([str(path), "--dry_run"]) == 0
+    names = re.findall(r"^# (\S+) \[to run\]", capsys.readouterr().out, re.M)
+    kinds = {k: sum(n.split("/")[0] == k for n in names)
+             for k in ("align", "adjust", "adjust_lora", "adjust_sentence", "adjust_frozen", "nli", "xsr", "xsr_nli")}
+    # per seed: 4 adjustments of each kind over es+hi; nli and xsr_nli 1 original + 2 regimes x 2 languages;
+    # xsr 1 original + 4 regimes x 2 languages
+    assert kinds == {"align": 2, "adjust": 4, "adjust_lora": 4, "adjust_sentence": 4, "adjust_frozen": 4,
+                     "nli": 10, "xsr": 18, "xsr_nli": 10} and len(names) == 56
+    by = {s.name: s for s in build_plan(load_config(str(path)))}
+    assert argmap(by["adjust_sentence/hi/seed1"])["align_level"] == ["sentence"]
+    assert argmap(by["adjust_sentence/hi/seed1"])["align_layer"] == ["6"]
+    assert argmap(by["adjust_lora/es/seed0"])["lora_r"] == ["8"]
+    assert argmap(by["adjust_frozen/es/seed0"])["freeze_layers"] == ["lower"]
+    assert "lora_r" not in argmap(by["adjust/es/seed0"]) and "align_level" not in argmap(by["adjust/es/seed0"])
+    assert argmap(by["nli/adjusted_frozen/es/seed0"])["bf16"] == ["true"]
+    assert argmap(by["xsr_nli/adjusted_frozen/es/seed0"])["model_name_or_path"] == [
+        str(tmp_path / "results" / "nli" / "adjusted_frozen" / "es" / "seed0")]
+    inputs = {os.path.relpath(os.path.join(ROOT, p), shared_data) for s in by.values() for p in s.inputs}
+    assert {"xnli/test-es.tsv", "xnli/dev-en.tsv", "tatoeba"} <= inputs
+    chosen = []
+    for patterns in REALIGN_SPLIT:
+        assert " ".join(f"'{p}'" for p in patterns) in text  # the header's commands are these
+        chosen += [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    assert len(chosen) == len(set(chosen))
+    assert sorted(set(names) - set(chosen) - {"align/es", "align/hi"}) == sorted(
+        f"{t}/{r}/hi/seed{s}" for t in ("nli", "xsr_nli") for r in ("adjusted", "adjusted_frozen") for s in (0, 1))
+
 # --- the regimes of issue 12: adjusted_multi, adjusted_n{size}, rotation, normalized ---------------
 
 NEW_REGIMES = ["original", "adjusted", "adjusted_multi", "rotation", "normalized"]
