@@ -117,15 +117,5 @@ done
 # Measured wall time per step kind (from each step's _SUCCESS.json), and the grid's span
 "$PY" -m hf_xladjust.experiments examples/grid_e5_realign_offline.yaml --results_dir "$RESULTS" --dry_run \
     | sed -n '/^Estimate$/,$p' > "$OUT/wall_times.md"
-"$PY" - "$RESULTS" >> "$OUT/wall_times.md" <<'EOF'
-import datetime, glob, json, os, sys
-found = glob.glob(os.path.join(sys.argv[1], "**", "_SUCCESS.json"), recursive=True)
-marks = [json.load(open(p)) for p in sorted({os.path.realpath(p) for p in found})]
-t = lambda s: datetime.datetime.fromisoformat(s)
-start, end = min(t(m["started"]) for m in marks), max(t(m["finished"]) for m in marks)
-busy = sum(m["wall_seconds"] for m in marks)
-print(f"\n{len(marks)} steps finished; first started {start:%H:%M:%S}, last finished {end:%H:%M:%S} UTC: "
-      f"{(end - start).total_seconds() / 60:.1f} min of wall time; the steps' own wall times add up to "
-      f"{busy / 60:.1f} min.")
-EOF
+"$PY" examples/grid_wall_times.py "$RESULTS" >> "$OUT/wall_times.md"
 echo "wrote $OUT"
