@@ -42,6 +42,15 @@ def fixture_vocabulary(vocab_size):
     return vocab
 
 
+def diagonal_pharaoh(path, n=None):
+    """A Pharaoh file linking word k to word k in the first `n` (default: all) en/es fixture pairs: alignments
+    without the aligner's randomness, so two runs train on the same links."""
+    lines = [" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split()))))
+             for a, b in zip(fixture_lines("en")[:n], fixture_lines("es")[:n])]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def build_tiny_model(out_dir, vocab_size=400, hidden=32, layers=2, max_positions=64):
     """Save a random tiny BERT plus a WordPiece tokenizer over the fixture text's vocabulary."""
     import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from archs import ARCHS, DECODERS, build_arch
-from conftest import FIXTURES, fixture_lines
+from conftest import FIXTURES, diagonal_pharaoh, fixture_lines
 from transformers import AutoModel, AutoTokenizer
 
 from hf_xladjust.alignment.loss import pair_word_vectors
@@ -161,9 +161,7 @@ def test_byte_level_align_loss_equals_eq1_from_offsets(tmp_path, arch_dirs):
     import run_adjust
 
     model_dir = arch_dirs("llama")  # no pad token either: the logged fallback, not a traceback
-    al = tmp_path / "al.txt"
-    al.write_text("\n".join(" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split()))))
-                            for a, b in zip(fixture_lines("en"), fixture_lines("es"))) + "\n")
+    al = diagonal_pharaoh(tmp_path / "al.txt")
     out = tmp_path / "out"
     run_script(run_adjust, "--model_name_or_path", model_dir, "--source_file", FIXTURES / "en.txt",
                "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",
@@ -212,9 +210,7 @@ def run_matrix(arch, tmp_path, model_dir):
     import run_qa_xl
     import run_xsr
 
-    al = tmp_path / "al.txt"
-    al.write_text("\n".join(" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split()))))
-                            for a, b in zip(fixture_lines("en"), fixture_lines("es"))) + "\n")
+    al = diagonal_pharaoh(tmp_path / "al.txt")
     adjusted = tmp_path / "adjusted"
     run_script(run_adjust, "--model_name_or_path", model_dir, "--source_file", FIXTURES / "en.txt",
                "--target_file", FIXTURES / "es.txt", "--target_lang", "es", "--aligner", "pharaoh",

@@ -29,6 +29,18 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 LABELS = ("entailment", "neutral", "contradiction")
 
 
+def printed_p_values(stdout, tasks):
+    """The report's printed p-value tables (one per task, after each results table): row label -> its cells
+    ("p vs Original / p vs Adjusted" per column)."""
+    printed = stdout.split("| p (vs Original / vs Adjusted) |")
+    assert len(printed) == tasks + 1, stdout[-3000:]
+    tables = []
+    for after in printed[1:]:
+        lines = [line for line in after.split("\n\n")[0].splitlines() if line.startswith("| ")]
+        tables.append({line.split(" | ")[0][2:]: line.strip("| ").split(" | ")[1:] for line in lines})
+    return tables
+
+
 def write_nli(folder, n_train=96, n_test=24):
     """English training tsv and line-parallel test tsvs (en, es, ru) from the fixture sentences."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -1183,11 +1195,6 @@ def test_tiny_grid_with_every_new_regime_prints_one_table_with_p_values(tmp_path
         assert [row[0] for row in tables[task]["rows"]] == labels
     assert tables["nli"]["header"] == ["model", "en (es)", "en (ru)", "es", "ru", "mixed_es", "mixed_ru"]
     # printed: per task the table, then its p-values (vs Original / vs Adjusted) for every other row
-    printed = report.stdout.split("| p (vs Original / vs Adjusted) |")
-    assert len(printed) == 3, report.stdout[-3000:]
-    for after in printed[1:]:
-        p_table = after.split("\n\n")[0]
-        lines = {line.split(" | ")[0][2:]: line for line in p_table.splitlines() if line.startswith("| ")}
+    for rows in printed_p_values(report.stdout, tasks=2):
         for label in labels[2:]:
-            cells = lines[label].strip("| ").split(" | ")[1:]
-            assert any(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in cells), lines[label]
+            assert any(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in rows[label]), rows[label]

@@ -10,7 +10,16 @@ import sys
 
 import pytest
 import yaml
-from test_experiments import OFFLINE, ROOT, argmap, base_config, run_grid, write_nli, write_parallel
+from test_experiments import (
+    OFFLINE,
+    ROOT,
+    argmap,
+    base_config,
+    printed_p_values,
+    run_grid,
+    write_nli,
+    write_parallel,
+)
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.experiments.__main__ import main as grid_main
@@ -149,12 +158,8 @@ def test_tiny_grid_with_the_realign_regimes_reports_them_with_p_values(tmp_path,
     tables = json.loads((results / "report" / "report.json").read_text())["tasks"]
     for task in ("nli", "xsr"):
         assert [row[0] for row in tables[task]["rows"]] == labels
-    printed = report.stdout.split("| p (vs Original / vs Adjusted) |")
-    assert len(printed) == 3, report.stdout[-3000:]
-    for after in printed[1:]:
-        p_table = after.split("\n\n")[0]
-        lines = {line.split(" | ")[0][2:]: line for line in p_table.splitlines() if line.startswith("| ")}
+    for rows in printed_p_values(report.stdout, tasks=2):
         for label in labels[2:]:
-            cells = lines[label].strip("| ").split(" | ")[1:]
-            assert cells and all(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in cells), lines[label]
+            cells = rows[label]
+            assert cells and all(re.fullmatch(r"[0-9.e-]+ / [0-9.e-]+", c) for c in cells), cells
     print(report.stdout)

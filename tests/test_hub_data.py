@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fixture_lines
+from conftest import diagonal_pharaoh, fixture_lines
 from hub_repos import card_header, translation_split, write_repo
 
 from hf_xladjust.alignment.pairs import AlignmentDataArguments, build_aligned_pairs
@@ -164,10 +164,7 @@ def test_qa_sets_from_the_hub_equal_the_files(hub_repos):
 # --- parallel data from a translation column -------------------------------------------------------------
 
 def pharaoh(path, n=12):
-    lines = [" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split()))))
-             for a, b in zip(fixture_lines("en")[:n], fixture_lines("es")[:n])]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return str(diagonal_pharaoh(path, n))
 
 
 def test_a_translation_dataset_reads_as_the_files(hub_repos, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fixture_lines
+from conftest import diagonal_pharaoh, fixture_lines
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser, TrainingArguments
 
 from hf_xladjust import precision
@@ -142,13 +142,6 @@ def joined_corpus(tmp_path, lang="es"):
     path = tmp_path / f"en-{lang}.txt"
     path.write_text("".join(f"{a} ||| {b}\n" for a, b in zip(fixture_lines("en"), fixture_lines(lang))),
                     encoding="utf-8")
-    return path
-
-
-def diagonal_pharaoh(path):
-    lines = [" ".join(f"{k}-{k}" for k in range(min(len(a.split()), len(b.split()))))
-             for a, b in zip(fixture_lines("en"), fixture_lines("es"))]
-    path.write_text("\n".join(lines) + "\n")
     return path
 
 
