@@ -234,9 +234,20 @@ def write_run_args(output_dir: str, **sections) -> None:
     write_json(os.path.join(output_dir, "run_args.json"), record, default=str)
 
 
+def end_process_group() -> None:
+    """Under `accelerate launch`, wait for every process and tear the process group down before exit: a process
+    that exits first with its gloo group alive can abort in the group's destructor ("terminate called without an
+    active exception", SIGABRT), failing a run whose outputs are complete."""
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to tear down
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run_main(main) -> None:
     """Run a script's `main()`; bad input ends it with one line naming file and line, exit status 1."""
     try:
         main()
     except InputError as err:
         sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    end_process_group()

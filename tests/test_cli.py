@@ -4,6 +4,7 @@ import importlib
 import sys
 
 import pytest
+from conftest import free_port
 
 from hf_xladjust.errors import InputError
 from hf_xladjust.experiments.runner import LOCK, LOG, STARTED
@@ -183,3 +184,18 @@ def test_cpu_threads_follow_a_slurm_reservation_and_gpu_runs_keep_torchs_default
         assert set_cpu_threads("cpu")["torch_threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_run_main_tears_the_process_group_down(monkeypatch):
+    """A script's process group ends with its main(): a gloo group left to the interpreter's exit can abort the
+    process that leaves first (SIGABRT after complete outputs, seen under `accelerate launch` in CI)."""
+    import torch.distributed as dist
+
+    from hf_xladjust.cli import run_main
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    ran = []
+    run_main(lambda: (dist.init_process_group("gloo", rank=0, world_size=1), ran.append(dist.is_initialized())))
+    assert ran == [True] and not dist.is_initialized()
+    run_main(lambda: None)  # no group: nothing to do

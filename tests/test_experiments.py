@@ -272,6 +272,14 @@ def test_fingerprints_change_only_what_depends_on_a_change(tmp_path):
     assert {s.name: s.fingerprint for s in build_plan(parse_config(moved, "g.yaml"))} == now
     moved["tasks"]["nli"]["resources"]["num_processes"] = 1
     assert {s.name: s.fingerprint for s in build_plan(parse_config(moved, "g.yaml"))} != now
+    # the precision env (bf16 autocast on a CPU): every step, so that no fp32 result is reused in a bf16 grid;
+    # any other env variable changes nothing
+    other_env = json.loads(json.dumps(base))
+    other_env["env"] = {"WANDB_MODE": "offline"}
+    assert {s.name: s.fingerprint for s in build_plan(parse_config(other_env, "g.yaml"))} == now
+    other_env["env"]["HF_XLADJUST_PRECISION"] = "auto"
+    bf16 = {s.name: s.fingerprint for s in build_plan(parse_config(other_env, "g.yaml"))}
+    assert all(bf16[n] != now[n] for n in now)
     steps = build_plan(parse_config(base, "g.yaml"))
     assert dependents(steps, ["adjust/es/seed0"]) == ["adjust/es/seed0", "nli/adjusted/es/seed0",
                                                       "nli/adjusted_cont/es/seed0"]

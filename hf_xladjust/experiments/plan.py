@@ -8,7 +8,8 @@ fitted on, or `start` for the start model of an evaluation-only task) and `task`
 
 A step's fingerprint hashes its script and arguments (results-folder paths written relative to the
 results folder, the interpreter left out), its number of processes, the content of every input file
-or folder named in its arguments, and its dependencies' fingerprints. A finished step whose
+or folder named in its arguments, its dependencies' fingerprints and, where the config's env sets it,
+HF_XLADJUST_PRECISION (bf16 autocast on a CPU changes the numbers). A finished step whose
 fingerprint is unchanged is skipped; changing an argument changes that step's fingerprint and,
 through them, its dependents', and nothing else. Code changes are not in fingerprints (use --rerun).
 """
@@ -36,6 +37,7 @@ from hf_xladjust.experiments.config import (
     sized_regime,
 )
 from hf_xladjust.hub_data import canonical_dataset_id
+from hf_xladjust.precision import PRECISION_ENV
 
 FINGERPRINT_VERSION = "hf_xladjust-grid-v1"
 # Arguments the grid sets itself; a config that sets them would silently break the grid's layout.
@@ -244,6 +246,8 @@ def compute_fingerprint(step: Step, deps: Dict[str, str], results_dir: str) -> s
     record = {"version": FINGERPRINT_VERSION, "script": step.script, "args": [rel(a) for a in step.args],
               "num_processes": step.resources.num_processes, "inputs": step.inputs,
               "deps": {name: deps[name] for name in sorted(step.deps)}}
+    if PRECISION_ENV in step.env:  # numerics differ (bf16 autocast): never reuse an fp32 step for a bf16 grid
+        record["precision_env"] = step.env[PRECISION_ENV]
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 
