@@ -15,6 +15,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import fixture_lines  # noqa: E402
 
+from hf_xladjust.cli import end_process_group  # noqa: E402
+
 
 def task_dataset(tokenizer, n=32, ignore_every=None):
     """A small NLI-shaped dataset (premise/hypothesis from the fixtures, 3 labels) as a `datasets.Dataset`
@@ -159,6 +161,7 @@ def main(model_dir, out_dir):
     records.append(run(model_dir, out_dir, False, user_subclass=True))
     with open(os.path.join(out_dir, f"rank{records[0]['rank']}.json"), "w") as f:
         json.dump(records, f)
+    end_process_group()  # as the scripts do (hf_xladjust.cli.run_main): no gloo group left to the exit
 
 
 if __name__ == "__main__":
