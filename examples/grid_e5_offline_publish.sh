@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # What docs/results/e5-small-offline.md shows, from a finished examples/grid_e5_offline.yaml results folder:
 # Tables 2, 3, 5 (+ XSR of the NLI models) with p-values, the per-layer retrieval curves, Fig. 1 for es and hi
-# on held-out FLORES-101 devtest pairs, and the measured wall time of every step kind.
+# on held-out FLORES-101 devtest pairs, the measured wall time of every step kind, and (where an fp32 run of
+# the NLI and retrieval cells exists, see the results page) fp32 against bf16 next to the seed spread.
 #
-#   bash examples/grid_e5_offline_publish.sh [RESULTS_DIR] [OUT_DIR]
+#   bash examples/grid_e5_offline_publish.sh [RESULTS_DIR] [OUT_DIR] [FP32_CELLS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${1:-outputs/grid-e5-offline}
+RESULTS=${1:-outputs/grid-e5-offline-bf16}
 OUT=${2:-docs/results/e5-small-offline}
+FP32_CELLS=${3:-outputs/grid-e5-offline-fp32-cells}
 PY=${PYTHON:-.venv/bin/python}
 FLORES=../shared/data/parallel/flores101_devtest
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -32,4 +34,7 @@ done
 "$PY" -m hf_xladjust.experiments examples/grid_e5_offline.yaml --results_dir "$RESULTS" --dry_run \
     | sed -n '/^Estimate$/,$p' > "$OUT/wall_times.md"
 "$PY" examples/grid_wall_times.py "$RESULTS" >> "$OUT/wall_times.md"
+if [ -d "$FP32_CELLS" ]; then
+    "$PY" examples/grid_precision_cells.py "$RESULTS" "$FP32_CELLS" > "$OUT/precision_cells.md"
+fi
 echo "wrote $OUT"
