@@ -44,6 +44,13 @@ from hf_xladjust.trainers.continual import ContinualAlignTrainer  # noqa: E402
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def bert_config(args):
+    """The random BERT these benchmarks time: args.layers x args.hidden (64-dim heads), 3 labels."""
+    return BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                      num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
+                      max_position_embeddings=512, num_labels=3)
+
+
 def word_tokenizer(vocab_size, out_dir):
     """A WordPiece tokenizer whose vocabulary is `vocab_size` whole words w0, w1, ..."""
     path = os.path.join(out_dir, "vocab.txt")
@@ -84,9 +91,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="bench_continual_")
     tok = word_tokenizer(args.vocab, tmp)
-    config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
-                        max_position_embeddings=512, num_labels=3)
+    config = bert_config(args)
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     f0 = copy.deepcopy(model.bert)

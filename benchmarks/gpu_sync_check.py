@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_continual import SPECIALS, word_tokenizer  # noqa: E402  (this folder is on sys.path)
+from bench_continual import SPECIALS, bert_config, word_tokenizer  # noqa: E402  (this folder is on sys.path)
 
 
 def aligned_pool(n, words, vocab, rng):
@@ -83,7 +83,7 @@ def main():
     if cuda and not torch.cuda.is_available():
         sys.exit("gpu_sync_check.py: no CUDA device (torch.cuda.is_available() is False; torch "
                  f"{torch.__version__}, CUDA build {torch.version.cuda})")
-    from transformers import BertConfig, BertForSequenceClassification, BertModel, TrainingArguments
+    from transformers import BertForSequenceClassification, BertModel, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     from hf_xladjust.alignment.loss import AlignmentLoss
@@ -94,9 +94,7 @@ def main():
     hf_logging.set_verbosity_error()
     tmp = tempfile.mkdtemp(prefix="gpu_sync_check_")
     tok = word_tokenizer(args.vocab, tmp)
-    config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
-                        max_position_embeddings=512, num_labels=3)
+    config = bert_config(args)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     pool = AlignedPairDataset(aligned_pool(64, 30, args.vocab, rng), tok, max_length=512)
